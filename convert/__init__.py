@@ -1,0 +1,1 @@
+"""HF checkpoint -> MLX conversion, streaming one tensor at a time."""

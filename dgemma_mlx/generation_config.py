@@ -1,0 +1,115 @@
+"""Generation parameters, named as in `generation_config.json`, defaulting to the checkpoint's own file.
+
+Priority follows the reference (spec §2.5): explicit overrides > the checkpoint's
+generation_config.json > global defaults. Validation mirrors the reference's rules so a bad value is a
+one-line error before any compute is spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DGemmaError
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 256
+    max_denoising_steps: int = 48
+    entropy_bound: float = 0.1
+    t_min: float | None = 0.4
+    t_max: float | None = 0.8
+    stability_threshold: int | None = 1
+    confidence_threshold: float | None = 0.005
+    eos_token_id: tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    max_length: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> GenerationConfig:
+        """Read the reference's serialisation (entropy bound nested in `sampler_config`)."""
+        values: dict[str, Any] = {}
+        sampler = raw.get("sampler_config")
+        if isinstance(sampler, dict) and "entropy_bound" in sampler:
+            values["entropy_bound"] = sampler["entropy_bound"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            if key in names:
+                values[key] = value
+        return cls().replace(**values)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path | None) -> GenerationConfig:
+        if model_dir is None:
+            return cls()
+        path = Path(model_dir) / GENERATION_CONFIG_FILE
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DGemmaError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(raw)
+
+    def replace(self, **overrides: Any) -> GenerationConfig:
+        """A validated copy with `overrides` applied; None-valued overrides are ignored.
+
+        Use `replace_explicit` to set a field to None on purpose (e.g. disable adaptive stopping).
+        """
+        return self.replace_explicit(**{k: v for k, v in overrides.items() if v is not None})
+
+    def replace_explicit(self, **overrides: Any) -> GenerationConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise DGemmaError(f"unknown generation parameter(s): {', '.join(unknown)}")
+        if "eos_token_id" in overrides:
+            eos = overrides["eos_token_id"]
+            overrides["eos_token_id"] = None if eos is None else tuple(eos) if isinstance(eos, list | tuple) else (eos,)
+        new = dataclasses.replace(self, **overrides)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        def fail(msg: str) -> None:
+            raise DGemmaError(f"invalid generation config: {msg}")
+
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            fail(f"max_new_tokens must be an integer > 0 (got {self.max_new_tokens!r})")
+        if not isinstance(self.max_denoising_steps, int) or self.max_denoising_steps <= 0:
+            fail(f"max_denoising_steps must be an integer > 0 (got {self.max_denoising_steps!r})")
+        if not isinstance(self.entropy_bound, int | float) or self.entropy_bound <= 0:
+            fail(f"entropy_bound must be a number > 0 (got {self.entropy_bound!r})")
+        if self.t_min is not None and self.t_max is not None:
+            if self.t_min < 0 or self.t_max < 0:
+                fail("t_min and t_max must be >= 0")
+            if self.t_max <= self.t_min:
+                fail(f"t_max ({self.t_max}) must be greater than t_min ({self.t_min})")
+        if self.stability_threshold is not None and (
+            not isinstance(self.stability_threshold, int) or self.stability_threshold < 0
+        ):
+            fail(f"stability_threshold must be an integer >= 0 (got {self.stability_threshold!r})")
+        if self.confidence_threshold is not None and self.confidence_threshold <= 0:
+            fail(f"confidence_threshold must be > 0 (got {self.confidence_threshold!r})")
+        if self.max_length is not None and self.max_length <= 0:
+            fail(f"max_length must be > 0 (got {self.max_length!r})")
+
+    @property
+    def uses_temperature(self) -> bool:
+        return self.t_min is not None and self.t_max is not None
+
+    @property
+    def uses_adaptive_stopping(self) -> bool:
+        return self.stability_threshold is not None and self.confidence_threshold is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["eos_token_id"] is not None:
+            out["eos_token_id"] = list(out["eos_token_id"])
+        return out

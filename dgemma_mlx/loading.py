@@ -1,0 +1,182 @@
+"""`load()`: a model directory (HF-format or MLX-converted) or hub repo -> (Model, Tokenizer).
+
+Weights are memory-mapped by `mx.load` and only materialised once, as model parameters, so a 26B
+checkpoint is never held twice. Every way a directory can be broken (missing shard, missing key,
+wrong shape, truncated file) is reported as one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .config import ModelConfig
+from .errors import DGemmaError
+from .model import Model
+from .quantization import apply_quantization_map
+
+INDEX_FILE = "model.safetensors.index.json"
+DOWNLOAD_PATTERNS = [
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "tokenizer.model",
+]
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def resolve_model_path(path_or_repo: str | Path) -> Path:
+    """A local directory as is; anything shaped like `owner/name` fetched (needed files only) from the hub."""
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DGemmaError(f"{path}: not a model directory")
+        return path
+    text = str(path_or_repo)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise DGemmaError(f"{text}: no such model directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        raise DGemmaError(
+            f"could not fetch {text!r} from the Hugging Face Hub ({type(e).__name__}); "
+            "download it elsewhere and pass the local directory instead"
+        ) from None
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check a safetensors header without reading the tensor data."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise DGemmaError(f"{path}: not a safetensors file (too short)")
+            (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > size - 8:
+                raise DGemmaError(f"{path}: not a safetensors file (header length {header_len} exceeds file)")
+            header = json.loads(f.read(header_len))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DGemmaError(f"{path}: unreadable safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    data_len = size - 8 - header_len
+    need = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    if need > data_len:
+        raise DGemmaError(f"{path}: truncated ({data_len} data bytes, header needs {need})")
+    return header
+
+
+def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
+    """The shard files to read and, where an index exists, the keys each must hold."""
+    index = model_dir / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DGemmaError(f"{index}: not a valid safetensors index ({e})") from None
+        files: dict[Path, list[str] | None] = {}
+        for key, shard in weight_map.items():
+            files.setdefault(model_dir / shard, []).append(key)
+        for shard in files:
+            if not shard.exists():
+                raise DGemmaError(f"{shard}: missing shard (listed in {INDEX_FILE})")
+        return files
+    found = sorted(model_dir.glob("*.safetensors"))
+    if not found:
+        raise DGemmaError(f"{model_dir}: no *.safetensors weights found")
+    return dict.fromkeys(found)
+
+
+def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
+    """Lazily map every tensor; remember which file each came from for error messages."""
+    weights: dict[str, mx.array] = {}
+    origin: dict[str, Path] = {}
+    for path, expected_keys in weight_files(model_dir).items():
+        header = safetensors_header(path)
+        for key in expected_keys or ():
+            if key not in header:
+                raise DGemmaError(f"{path}: missing tensor {key} (listed in {INDEX_FILE})")
+        try:
+            loaded = mx.load(str(path))
+        except Exception as e:
+            raise DGemmaError(f"{path}: cannot be read ({e})") from None
+        for key, value in loaded.items():
+            weights[key] = value
+            origin[key] = path
+    return weights, origin
+
+
+def _origin_of(key: str, origin: dict[str, Path]) -> str:
+    for suffix, raw in (
+        (".switch_glu.gate_proj.weight", ".gate_up_proj"),
+        (".switch_glu.up_proj.weight", ".gate_up_proj"),
+        (".switch_glu.down_proj.weight", ".down_proj"),
+    ):
+        if key.endswith(suffix):
+            alt = key.removesuffix(suffix) + raw
+            if alt in origin:
+                return str(origin[alt])
+    path = origin.get(key)
+    return str(path) if path else "checkpoint"
+
+
+def load_model(
+    path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False
+) -> tuple[Model, Path]:
+    """Build the model from a directory's config and weights; returns it with the resolved directory."""
+    model_dir = resolve_model_path(path_or_repo)
+    config = ModelConfig.from_file(model_dir / "config.json")
+    raw, origin = read_weights(model_dir)
+    model = Model(config)
+    weights = model.sanitize(raw)
+    if config.quantization:
+        apply_quantization_map(model, config.quantization, set(weights))
+    target = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        raise DGemmaError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+
+    expected = dict(tree_flatten(model.parameters()))
+    for key, value in weights.items():
+        if key not in expected:
+            raise DGemmaError(f"{_origin_of(key, origin)}: unexpected tensor {key}")
+        want = expected[key].shape
+        if tuple(value.shape) != tuple(want):
+            raise DGemmaError(
+                f"{_origin_of(key, origin)}: {key} has shape {tuple(value.shape)}, model expects {tuple(want)}"
+            )
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DGemmaError(f"{model_dir}: checkpoint is missing tensor {missing[0]}{more}")
+
+    if target is not None:
+        # Quantized weights are packed integers: only floats (scales and biases included) change dtype.
+        weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    model.load_weights(list(weights.items()), strict=True)
+    if not lazy:
+        mx.eval(model.parameters())
+    model.eval()
+    return model, model_dir
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    return any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+
+
+def load(path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False):
+    """Load a DiffusionGemma checkpoint: returns (model, tokenizer); tokenizer is None if none ships."""
+    model, model_dir = load_model(path_or_repo, dtype=dtype, lazy=lazy)
+    tokenizer = None
+    if has_tokenizer(model_dir):
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+    model.model_dir = model_dir
+    return model, tokenizer

@@ -1,0 +1,369 @@
+"""DiffusionGemma's text path in MLX: one layer stack used as causal encoder and bidirectional decoder.
+
+Module names mirror the Hugging Face checkpoint (`model.decoder.*` for the shared weights,
+`model.encoder.language_model.layers.{i}.layer_scalar` for the encoder's own scalars), so weight
+sanitising is a small rename (spec §3.3). mlx-lm's Gemma 4 pieces are reused where the maths is
+identical: dense MLP, expert SwitchGLU, proportional RoPE, soft-cap (spec §7).
+"""
+
+from __future__ import annotations
+
+import re
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import gemma4_text
+from mlx_lm.models.base import create_causal_mask
+from mlx_lm.models.rope_utils import initialize_rope
+
+from .cache import PromptCache
+from .config import FULL, SLIDING, ModelConfig, TextConfig
+
+
+def _mlx_lm_args(text: TextConfig) -> gemma4_text.ModelArgs:
+    """The subset of mlx-lm's Gemma 4 arguments its MLP, Router and Experts constructors read."""
+    return gemma4_text.ModelArgs(
+        hidden_size=text.hidden_size,
+        num_hidden_layers=text.num_hidden_layers,
+        intermediate_size=text.intermediate_size,
+        num_attention_heads=text.num_attention_heads,
+        rms_norm_eps=text.rms_norm_eps,
+        vocab_size=text.vocab_size,
+        num_kv_shared_layers=0,
+        hidden_size_per_layer_input=0,
+        use_double_wide_mlp=False,
+        enable_moe_block=True,
+        num_experts=text.num_experts,
+        top_k_experts=text.top_k_experts,
+        moe_intermediate_size=text.moe_intermediate_size,
+        layer_types=list(text.layer_types),
+    )
+
+
+def rms_norm_no_scale(x: mx.array, eps: float) -> mx.array:
+    return mx.fast.rms_norm(x, None, eps)
+
+
+class Attention(nn.Module):
+    """Gemma 4 attention with scale 1, q/k norms, and K=V on full layers (spec §4.4).
+
+    Unlike mlx-lm's Gemma 4 attention it takes the RoPE offset and cache from the caller, because the
+    decoder must read the encoder's cache without ever updating it.
+    """
+
+    def __init__(self, text: TextConfig, layer_idx: int):
+        super().__init__()
+        self.is_sliding = text.layer_types[layer_idx] == SLIDING
+        self.head_dim = text.head_dims[layer_idx]
+        self.n_heads = text.num_attention_heads
+        self.n_kv_heads = text.kv_heads[layer_idx]
+        self.eps = text.rms_norm_eps
+        H = text.hidden_size
+        self.q_proj = nn.Linear(H, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(H, self.n_kv_heads * self.head_dim, bias=False)
+        if self.is_sliding:
+            self.v_proj = nn.Linear(H, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, H, bias=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=self.eps)
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=self.eps)
+        rope_params = text.rope_parameters[SLIDING if self.is_sliding else FULL]
+        self.rope = initialize_rope(
+            dims=self.head_dim,
+            traditional=False,
+            base=rope_params.get("rope_theta", 10_000.0),
+            scaling_config=rope_params,
+            max_position_embeddings=text.max_position_embeddings,
+        )
+
+    def keys_values(self, x: mx.array, offset: int) -> tuple[mx.array, mx.array]:
+        """Post-norm, post-RoPE keys and post-norm values, [B, kv_heads, S, head_dim]."""
+        B, S, _ = x.shape
+        raw_k = self.k_proj(x).reshape(B, S, self.n_kv_heads, self.head_dim)
+        raw_v = self.v_proj(x).reshape(B, S, self.n_kv_heads, self.head_dim) if self.is_sliding else raw_k
+        keys = self.rope(self.k_norm(raw_k).transpose(0, 2, 1, 3), offset=offset)
+        values = rms_norm_no_scale(raw_v, self.eps).transpose(0, 2, 1, 3)
+        return keys, values
+
+    def __call__(
+        self,
+        x: mx.array,
+        cache,
+        offset: int,
+        mask: mx.array | str | None,
+        encode: bool,
+    ) -> mx.array:
+        B, S, _ = x.shape
+        queries = self.q_proj(x).reshape(B, S, self.n_heads, self.head_dim)
+        queries = self.rope(self.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
+        keys, values = self.keys_values(x, offset)
+        if encode:
+            keys, values = cache.extend(keys, values)
+        elif cache.keys is not None and cache.length:
+            keys = mx.concatenate([cache.keys, keys], axis=2)
+            values = mx.concatenate([cache.values, values], axis=2)
+        out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=1.0, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, S, -1))
+
+
+class Router(gemma4_text.Router):
+    """mlx-lm's router with the reference's precision: full softmax in float32, scalar applied in float32.
+
+    mlx-lm casts H^-1/2 to bf16 first (-0.24%), which can flip near-tie expert choices (spec §6.6).
+    """
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        dtype = x.dtype
+        r = rms_norm_no_scale(x, self.eps) * self.scale
+        r = (r.astype(mx.float32) * self._root_size).astype(dtype)
+        probs = mx.softmax(self.proj(r).astype(mx.float32), axis=-1)
+        k = self.config.top_k_experts
+        indices = mx.stop_gradient(mx.argpartition(-probs, kth=k - 1, axis=-1)[..., :k])
+        weights = mx.take_along_axis(probs, indices, axis=-1)
+        weights = weights / weights.sum(axis=-1, keepdims=True)
+        return indices, weights * self.per_expert_scale[indices].astype(mx.float32)
+
+
+class DecoderLayer(nn.Module):
+    """One Gemma 4 MoE layer; `layer_scalar` here is the decoder's, the encoder's lives elsewhere."""
+
+    def __init__(self, text: TextConfig, layer_idx: int):
+        super().__init__()
+        args = _mlx_lm_args(text)
+        H, eps = text.hidden_size, text.rms_norm_eps
+        self.self_attn = Attention(text, layer_idx)
+        self.mlp = gemma4_text.MLP(args, layer_idx)
+        self.router = Router(args)
+        self.experts = gemma4_text.Experts(args)
+        self.input_layernorm = nn.RMSNorm(H, eps=eps)
+        self.post_attention_layernorm = nn.RMSNorm(H, eps=eps)
+        self.pre_feedforward_layernorm = nn.RMSNorm(H, eps=eps)
+        self.post_feedforward_layernorm = nn.RMSNorm(H, eps=eps)
+        self.pre_feedforward_layernorm_2 = nn.RMSNorm(H, eps=eps)
+        self.post_feedforward_layernorm_1 = nn.RMSNorm(H, eps=eps)
+        self.post_feedforward_layernorm_2 = nn.RMSNorm(H, eps=eps)
+        self.layer_scalar = mx.ones((1,))
+
+    def __call__(
+        self,
+        x: mx.array,
+        cache,
+        offset: int,
+        mask: mx.array | str | None,
+        scalar: mx.array,
+        encode: bool,
+    ) -> mx.array:
+        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache, offset, mask, encode))
+        dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))
+        indices, weights = self.router(h)
+        expert_out = self.experts.switch_glu(self.pre_feedforward_layernorm_2(h), indices)
+        moe = (expert_out * weights[..., None]).astype(h.dtype).sum(axis=-2)
+        moe = self.post_feedforward_layernorm_2(moe)
+        return (h + self.post_feedforward_layernorm(dense + moe)) * scalar
+
+
+class SelfConditioning(gemma4_text.MLP):
+    """Feeds the previous pass's soft prediction back into the canvas embedding (spec §4.6 step 3)."""
+
+    def __init__(self, text: TextConfig):
+        super().__init__(_mlx_lm_args(text))
+        self.pre_norm = nn.RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.eps = text.rms_norm_eps
+
+    def __call__(self, embeds: mx.array, soft_embeds: mx.array) -> mx.array:
+        signal = super().__call__(self.pre_norm(soft_embeds))
+        return rms_norm_no_scale(embeds + signal, self.eps)
+
+
+class TextStack(nn.Module):
+    """The shared weights: embedding (also the LM head), layers, final norm, self-conditioning."""
+
+    def __init__(self, text: TextConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.layers = [DecoderLayer(text, i) for i in range(text.num_hidden_layers)]
+        self.norm = nn.RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.self_conditioning = SelfConditioning(text)
+
+
+class ScalarOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer_scalar = mx.ones((1,))
+
+
+class EncoderScalars(nn.Module):
+    """The only encoder-specific tensors: one layer scalar per layer (buffers are not tied, spec §3.2)."""
+
+    def __init__(self, text: TextConfig):
+        super().__init__()
+        self.language_model = nn.Module()
+        self.language_model.layers = [ScalarOnly() for _ in range(text.num_hidden_layers)]
+
+
+class DiffusionGemmaModel(nn.Module):
+    def __init__(self, text: TextConfig):
+        super().__init__()
+        self.decoder = TextStack(text)
+        self.encoder = EncoderScalars(text)
+
+
+class Model(nn.Module):
+    """DiffusionGemma text model: `encode` writes the prompt cache, `decode` runs one denoising pass."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.text = config.text
+        self.model = DiffusionGemmaModel(config.text)
+        self.embed_scale = config.text.hidden_size**0.5
+
+    # -- shape helpers -------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[DecoderLayer]:
+        return self.model.decoder.layers
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """The activation dtype: that of the (never quantized) final norm weight."""
+        return self.model.decoder.norm.weight.dtype
+
+    @property
+    def canvas_length(self) -> int:
+        return self.config.canvas_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text.vocab_size
+
+    def make_cache(self, batch_size: int) -> PromptCache:
+        keeps = [self.text.sliding_window - 1 if t == SLIDING else None for t in self.text.layer_types]
+        return PromptCache(keeps, batch_size)
+
+    # -- masks ---------------------------------------------------------------------------------------
+    def _encoder_mask(self, S: int, cached: int, first_pos: int, window: int | None, cache: PromptCache):
+        """Causal (windowed on sliding layers) mask over [cached old keys, S new keys].
+
+        With left padding, padded key positions are masked too; a query may always see itself so that
+        padded rows stay finite (their outputs are never read).
+        """
+        if cache.left_padding is None:
+            if cached == 0 and (window is None or S <= window):
+                return "causal"
+            return create_causal_mask(S, offset=cached, window_size=window)
+        mask = create_causal_mask(S, offset=cached, window_size=window)
+        key_pos = mx.arange(cached + S) + first_pos
+        valid = key_pos[None, :] >= cache.left_padding[:, None]  # [B, T]
+        self_key = mx.arange(cached + S)[None, :] == mx.arange(cached, cached + S)[:, None]
+        return ((mask[None] & valid[:, None, :]) | self_key[None])[:, None]
+
+    def _decoder_mask(self, L: int, cached: int, first_pos: int, cache: PromptCache):
+        if cache.left_padding is None:
+            return None
+        key_pos = mx.arange(cached + L) + first_pos
+        valid = (key_pos[None, :] >= cache.left_padding[:, None]) | (mx.arange(cached + L) >= cached)[None]
+        return valid[:, None, None, :]
+
+    # -- the two modes -------------------------------------------------------------------------------
+    def embed(self, ids: mx.array) -> mx.array:
+        return self.model.decoder.embed_tokens(ids) * self.embed_scale
+
+    def encode(self, ids: mx.array, cache: PromptCache) -> None:
+        """Causal pass over clean tokens at positions [n, n+S): extends the cache, returns nothing.
+
+        The last layer's K/V is all the cache needs from it, so its attention and FFN are skipped, as is
+        the final norm (spec §4.5).
+        """
+        B, S = ids.shape
+        n = cache.offset
+        h = self.embed(ids)
+        masks = {}
+        for t in (SLIDING, FULL):
+            idx = next((i for i, lt in enumerate(self.text.layer_types) if lt == t), None)
+            if idx is None:
+                continue
+            cached = cache.layers[idx].length
+            window = self.text.sliding_window if t == SLIDING else None
+            masks[t] = self._encoder_mask(S, cached, n - cached, window, cache)
+        scalars = self.model.encoder.language_model.layers
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last:
+                keys, values = layer.self_attn.keys_values(layer.input_layernorm(h), n)
+                cache.layers[i].extend(keys, values)
+                break
+            h = layer(h, cache.layers[i], n, masks[self.text.layer_types[i]], scalars[i].layer_scalar, True)
+        cache.offset = n + S
+
+    def soft_embed(self, probs: mx.array) -> mx.array:
+        """probs @ E, straight from the quantized table when the embedding is quantized (spec §4.6)."""
+        emb = self.model.decoder.embed_tokens
+        if isinstance(emb, nn.QuantizedEmbedding):
+            return mx.quantized_matmul(
+                probs,
+                emb.weight,
+                emb.scales,
+                emb.get("biases"),
+                transpose=False,
+                group_size=emb.group_size,
+                bits=emb.bits,
+                mode=emb.mode,
+            )
+        return probs @ emb.weight
+
+    def decode(
+        self,
+        canvas: mx.array,
+        cache: PromptCache,
+        self_conditioning_logits: mx.array | None = None,
+    ) -> mx.array:
+        """One bidirectional pass over the canvas at positions [n, n+L); float32 soft-capped logits.
+
+        `self_conditioning_logits` are the previous pass's temperature-scaled logits, already cast to
+        the model dtype; they enter as a softmax-weighted mix of embeddings.
+        """
+        decoder = self.model.decoder
+        B, L = canvas.shape
+        n = cache.offset
+        x = self.embed(canvas)
+        if self_conditioning_logits is None:
+            x = rms_norm_no_scale(x, self.text.rms_norm_eps)
+        else:
+            probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1).astype(x.dtype)
+            x = decoder.self_conditioning(x, self.soft_embed(probs) * self.embed_scale)
+        masks = {}
+        for i, layer in enumerate(self.layers):
+            t = self.text.layer_types[i]
+            if t not in masks:
+                cached = cache.layers[i].length
+                masks[t] = self._decoder_mask(L, cached, n - cached, cache)
+            x = layer(x, cache.layers[i], n, masks[t], layer.layer_scalar, False)
+        logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
+        cap = self.text.final_logit_softcapping
+        return gemma4_text.logit_softcap(cap, logits) if cap else logits
+
+    # -- weights -------------------------------------------------------------------------------------
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """HF checkpoint names -> this module tree (spec §3.2, §3.3); MLX-converted names pass through."""
+        out: dict[str, mx.array] = {}
+        encoder_text = "model.encoder.language_model."
+        for key, value in weights.items():
+            if any(s in key for s in ("vision_tower", "embed_vision", "rotary_emb")) or key.startswith("lm_head"):
+                continue
+            if key.startswith(encoder_text):
+                if re.fullmatch(r"model\.encoder\.language_model\.layers\.\d+\.layer_scalar", key):
+                    out[key] = value
+                    continue
+                twin = "model.decoder." + key[len(encoder_text) :]
+                if twin in weights:
+                    continue  # tied: stored once under the decoder
+                key = twin
+            if key.endswith(".experts.gate_up_proj"):
+                base = key.removesuffix(".gate_up_proj")
+                gate, up = mx.split(value, 2, axis=-2)
+                out[f"{base}.switch_glu.gate_proj.weight"] = mx.contiguous(gate)
+                out[f"{base}.switch_glu.up_proj.weight"] = mx.contiguous(up)
+            elif key.endswith(".experts.down_proj"):
+                out[key.removesuffix(".down_proj") + ".switch_glu.down_proj.weight"] = value
+            else:
+                out[key] = value
+        return out

@@ -1,0 +1,53 @@
+"""The entropy-bound sampler's maths (spec §5.3), as pure MLX functions on device arrays.
+
+Kept apart from the loop in `engine.py` so each rule can be tested on hand-made numbers and so the
+hot path stays free of host round trips.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+
+def temperature(step: int, max_steps: int, t_min: float, t_max: float) -> float:
+    """Linear schedule with `step` counting down from N to 1, in float32 as the reference computes it.
+
+    t_min itself is never reached: the last possible pass uses t_min + (t_max - t_min) / N.
+    """
+    ratio = np.float32(step) / np.float32(max_steps)
+    return float(np.float32(t_min) + np.float32(t_max - t_min) * ratio)
+
+
+def log_probs(logits: mx.array) -> mx.array:
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def entropy(logp: mx.array) -> mx.array:
+    """Per-position entropy in nats from log-probabilities."""
+    return -(mx.exp(logp) * logp).sum(axis=-1)
+
+
+def gumbel_sample(logp: mx.array, gumbel: mx.array) -> mx.array:
+    """Categorical sample as argmax(log p + g): the Gumbel-max trick, the formula a reference tape replays."""
+    return mx.argmax(logp + gumbel, axis=-1).astype(mx.int32)
+
+
+def accept_by_entropy(ent: mx.array, bound: float) -> mx.array:
+    """Accept the lowest-entropy positions while the entropy already accepted stays within `bound`.
+
+    Position of rank k is accepted iff the sum of the k-1 smaller entropies is <= bound, so the most
+    certain position is always accepted and the accepted set is a prefix of the sorted order.
+    """
+    order = mx.argsort(ent, axis=-1)
+    sorted_ent = mx.take_along_axis(ent, order, axis=-1)
+    keep_sorted = (mx.cumsum(sorted_ent, axis=-1) - sorted_ent) <= bound
+    return mx.take_along_axis(keep_sorted, mx.argsort(order, axis=-1), axis=-1)
+
+
+def pad_after_eos(tokens: mx.array, eos_ids: mx.array, pad_id: int) -> mx.array:
+    """Replace tokens strictly after a row's first EOS with pad; the first EOS itself stays."""
+    is_eos = mx.any(tokens[..., None] == eos_ids, axis=-1)
+    seen = mx.cumsum(is_eos.astype(mx.int32), axis=-1)
+    pad_mask = (seen > 0) & ~((seen == 1) & is_eos)
+    return mx.where(pad_mask, mx.array(pad_id, dtype=tokens.dtype), tokens)

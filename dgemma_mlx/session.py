@@ -1,0 +1,137 @@
+"""Multi-turn chat on one encoder cache: each turn encodes only the tokens the cache has not seen.
+
+The conversation is re-rendered with the checkpoint's own chat template every turn; as long as the
+cached tokens are a prefix of the new rendering (the normal case: history only grows), only the
+suffix is encoded. Anything else (an edited system prompt, a template that rewrites old turns) falls
+back to encoding the whole conversation, which is always correct.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .api import Message, resolve_config
+from .cache import PromptCache
+from .engine import block_diffusion
+from .errors import DGemmaError
+from .events import CanvasEvent, FinishEvent, PassEvent
+from .generation_config import GenerationConfig
+from .model import Model
+from .noise import MLXNoise, NoiseSource
+
+SESSION_FORMAT = "dgemma-chat-session/1"
+
+
+class ChatSession:
+    def __init__(
+        self,
+        model: Model,
+        tokenizer,
+        system: str | None = None,
+        enable_thinking: bool = False,
+        config: GenerationConfig | None = None,
+        seed: int | None = None,
+    ):
+        if tokenizer is None or not tokenizer.has_chat_template:
+            raise DGemmaError("chat needs a tokenizer with a chat template (this model has none)")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system = system
+        self.enable_thinking = enable_thinking
+        self.config = resolve_config(model, tokenizer, config)
+        self.messages: list[Message] = []
+        self.noise: NoiseSource = MLXNoise(seed)
+        self._cache: PromptCache | None = None
+        self._cached_ids: list[int] = []
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached_ids)
+
+    def reset(self) -> None:
+        """Forget the conversation and the cache (the system prompt stays)."""
+        self.messages = []
+        self._cache = None
+        self._cached_ids = []
+
+    def set_system(self, system: str | None) -> None:
+        self.system = system or None  # the next turn re-renders; a changed prefix re-encodes
+
+    def set_params(self, **overrides: Any) -> None:
+        self.config = self.config.replace(**overrides)
+
+    def render(self, messages: list[Message]) -> list[int]:
+        full = ([{"role": "system", "content": self.system}] if self.system else []) + messages
+        return self.tokenizer.render_chat(full, add_generation_prompt=True, enable_thinking=self.enable_thinking)
+
+    # -- a turn --------------------------------------------------------------------------------------
+    def stream(self, user_text: str, noise: NoiseSource | None = None, **overrides: Any) -> Iterator[
+        PassEvent | CanvasEvent | FinishEvent
+    ]:
+        """Answer one user message; the turn joins the history only if it runs to completion.
+
+        Interrupting (closing the generator, Ctrl-C) leaves history and cache as they were before.
+        """
+        pending = [*self.messages, {"role": "user", "content": user_text}]
+        ids = self.render(pending)
+        cached = self._cached_ids
+        if self._cache is not None and len(ids) > len(cached) and ids[: len(cached)] == cached:
+            cache, new_ids = self._cache.copy(), ids[len(cached) :]
+        else:
+            cache, new_ids = self.model.make_cache(1), ids
+        config = self.config.replace(**overrides)
+        for event in block_diffusion(self.model, [new_ids], config, noise or self.noise, cache):
+            if isinstance(event, FinishEvent):
+                result = event.result
+                result.texts = [self.tokenizer.decode(result.new_tokens[0], skip_special_tokens=True)]
+                answer = self.tokenizer.decode(result.new_tokens[0], skip_special_tokens=False)
+                _, visible = self.tokenizer.split_thinking(answer)
+                clean = self.tokenizer.decode(self.tokenizer.encode(visible, add_special_tokens=False))
+                self.messages = [*pending, {"role": "assistant", "content": clean.strip()}]
+                self._cache, self._cached_ids = cache, ids
+            yield event
+
+    def ask(self, user_text: str, **overrides: Any) -> str:
+        """Blocking convenience: the answer's text."""
+        for event in self.stream(user_text, **overrides):
+            if isinstance(event, FinishEvent):
+                return event.result.text
+        raise AssertionError("generation ended without a result")
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        data = {
+            "format": SESSION_FORMAT,
+            "system": self.system,
+            "enable_thinking": self.enable_thinking,
+            "messages": self.messages,
+            "generation": self.config.to_dict(),
+        }
+        Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False))
+
+    def load(self, path: str | Path) -> None:
+        """Replace the conversation with a saved one; the cache is rebuilt on the next turn."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DGemmaError(f"{path}: no such session file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DGemmaError(f"{path}: not a session file ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
+            raise DGemmaError(f"{path}: not a dgemma chat session file")
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
+            raise DGemmaError(f"{path}: malformed messages list")
+        self.reset()
+        self.messages = messages
+        self.system = data.get("system")
+        self.enable_thinking = bool(data.get("enable_thinking", False))
+        if isinstance(data.get("generation"), dict):
+            self.config = GenerationConfig.from_dict(data["generation"])

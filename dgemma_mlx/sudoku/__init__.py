@@ -1,0 +1,1 @@
+"""Sudoku: puzzles, an exact solver, and the bundled tiny DiffusionGemma that solves them."""
