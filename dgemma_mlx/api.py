@@ -26,14 +26,19 @@ Prompt = str | Sequence[int] | Sequence[Message]
 
 
 def _is_messages(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and bool(value) and all(
-        isinstance(m, dict) for m in value
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and bool(value)
+        and all(isinstance(m, dict) for m in value)
     )
 
 
 def _is_ids(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
     )
 
 
@@ -53,7 +58,9 @@ def _one_prompt(
         if system and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": system}, *messages]
         return tokenizer.render_chat(messages, add_generation_prompt=True, enable_thinking=enable_thinking)
-    raise DGemmaError(f"unsupported prompt type {type(prompt).__name__}: use text, token ids or chat messages")
+    raise DGemmaError(
+        f"unsupported prompt type {type(prompt).__name__}: use text, token ids or chat messages"
+    )
 
 
 def prompt_to_ids(
@@ -122,7 +129,9 @@ def stream_generate(
     with _wired(model):
         for event in block_diffusion(model, prompts, gen_config, noise, cache, fixed_positions):
             if isinstance(event, FinishEvent) and tokenizer is not None:
-                event.result.texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in event.result.new_tokens]
+                event.result.texts = [
+                    tokenizer.decode(ids, skip_special_tokens=True) for ids in event.result.new_tokens
+                ]
             yield event
 
 

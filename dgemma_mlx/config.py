@@ -134,7 +134,9 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
             t[key] = TEXT_DEFAULTS[key]
 
     if t["use_bidirectional_attention"] == "all":
-        raise DGemmaError(f"{source}: use_bidirectional_attention='all' is not supported (text path is causal)")
+        raise DGemmaError(
+            f"{source}: use_bidirectional_attention='all' is not supported (text path is causal)"
+        )
     if t["hidden_activation"] not in SUPPORTED_ACTIVATIONS:
         raise DGemmaError(f"{source}: unsupported hidden_activation {t['hidden_activation']!r}")
     if t["attention_bias"]:
@@ -154,7 +156,9 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
     n_heads = int(t["num_attention_heads"])
     for i, k in enumerate(kv_heads):
         if k <= 0 or n_heads % k:
-            raise DGemmaError(f"{source}: layer {i} has {k} KV heads, which must divide {n_heads} query heads")
+            raise DGemmaError(
+                f"{source}: layer {i} has {k} KV heads, which must divide {n_heads} query heads"
+            )
 
     rope = {**DEFAULT_ROPE, **(t.get("rope_parameters") or {})}
     eos = t["eos_token_id"]
@@ -184,7 +188,9 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
     )
 
 
-def _per_layer_geometry(t: dict[str, Any], layer_types: list[str], source: str) -> tuple[list[int], list[int]]:
+def _per_layer_geometry(
+    t: dict[str, Any], layer_types: list[str], source: str
+) -> tuple[list[int], list[int]]:
     """Head dim and KV heads per layer, from `per_layer_config` or the older global_* keys (spec §2.3)."""
     head_dim, kv = int(t["head_dim"]), int(t["num_key_value_heads"])
     head_dims = [head_dim] * len(layer_types)
@@ -271,3 +277,17 @@ def estimate_weight_bytes(text: TextConfig, bits: float, other_bits: float | Non
     small = counts["norms"] + counts["routers"] - text.num_hidden_layers * text.num_experts * text.hidden_size
     big_other = counts["total"] - counts["experts"] - small
     return math.ceil((counts["experts"] * eff(bits) + big_other * eff(other_bits) + small * 16) / 8)
+
+
+def estimate_runtime_bytes(text: TextConfig, canvas_length: int, context: int, batch: int = 1) -> int:
+    """Working memory beyond the weights for one denoising pass at `context` cached tokens.
+
+    Dominated by float32 [B, L, V] temporaries in the sampler (logits, tempered logits, log-probs,
+    Gumbel noise, probabilities, the bf16 self-conditioning copy: ~6 of them) plus the KV cache.
+    """
+    logits = 6 * batch * canvas_length * text.vocab_size * 4
+    kv = 0
+    for lt, d, k in zip(text.layer_types, text.head_dims, text.kv_heads, strict=True):
+        tokens = min(context, text.sliding_window - 1) if lt == SLIDING else context
+        kv += 2 * batch * k * d * (tokens + canvas_length) * 2
+    return logits + kv

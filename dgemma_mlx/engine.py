@@ -21,7 +21,7 @@ from .events import CanvasEvent, FinishEvent, GenerationResult, GenerationStats,
 from .generation_config import GenerationConfig
 from .model import Model
 from .noise import NoiseSource
-from .sampler import accept_by_entropy, entropy, gumbel_sample, log_probs, temperature
+from .sampler import accept_by_entropy, temperature, tempered_scores
 
 PREFILL_CHUNK = 2048  # long prompts are encoded in chunks; exact up to rounding (spec §4.5)
 
@@ -115,7 +115,7 @@ def block_diffusion(
         raise DGemmaError("empty prompt: give at least one token")
     B, L, V = len(prompts), model.canvas_length, model.vocab_size
     for p in prompts:
-        if (bad := [t for t in p if not 0 <= int(t) < V]):
+        if bad := [t for t in p if not 0 <= int(t) < V]:
             raise DGemmaError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     prompt_ids, padding = left_pad(prompts, pad_id)
@@ -160,13 +160,9 @@ def block_diffusion(
             temp = 1.0
             if config.uses_temperature:
                 temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)
-                z = raw / mx.array(temp, dtype=mx.float32)
-            else:
-                z = raw
-            logp = log_probs(z)
-            ent = entropy(logp)
-            sample = gumbel_sample(logp, noise.gumbel(B, L, V))
-            new_draft = mx.argmax(z, axis=-1).astype(mx.int32)
+            z, ent, sample, new_draft, confidence = tempered_scores(
+                raw, mx.array(temp, dtype=mx.float32), noise.gumbel(B, L, V)
+            )
             if canvas_pins is not None:
                 ent = mx.where(canvas_pins.mask, 0.0, ent)
                 sample = canvas_pins.apply(sample)
@@ -187,7 +183,6 @@ def block_diffusion(
                 confident = ent.mean(axis=-1) < config.confidence_threshold
                 done = done | (stable & confident)
             sc = z.astype(model.dtype)
-            confidence = mx.exp(mx.take_along_axis(logp, new_draft[..., None], axis=-1)[..., 0])
             mx.eval(x_new, new_draft, done, accepted, ent, confidence)
             changed = np.array(new_draft != draft)
             draft, x = new_draft, x_new
@@ -227,7 +222,11 @@ def block_diffusion(
 
     gen_time = time.perf_counter() - gen_start
     new = sequences[:, P:]
-    valid = (new != config.pad_token_id).sum(axis=-1) if config.pad_token_id is not None else np.full(B, new.shape[1])
+    valid = (
+        (new != config.pad_token_id).sum(axis=-1)
+        if config.pad_token_id is not None
+        else np.full(B, new.shape[1])
+    )
     new_tokens = []
     for row in new.tolist():
         hits = [i for i, t in enumerate(row) if t in set(eos_ids.tolist())]

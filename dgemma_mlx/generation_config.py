@@ -71,7 +71,9 @@ class GenerationConfig:
             raise DGemmaError(f"unknown generation parameter(s): {', '.join(unknown)}")
         if "eos_token_id" in overrides:
             eos = overrides["eos_token_id"]
-            overrides["eos_token_id"] = None if eos is None else tuple(eos) if isinstance(eos, list | tuple) else (eos,)
+            overrides["eos_token_id"] = (
+                None if eos is None else tuple(eos) if isinstance(eos, list | tuple) else (eos,)
+            )
         new = dataclasses.replace(self, **overrides)
         new.validate()
         return new

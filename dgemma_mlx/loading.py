@@ -149,7 +149,8 @@ def load_model(
         want = expected[key].shape
         if tuple(value.shape) != tuple(want):
             raise DGemmaError(
-                f"{_origin_of(key, origin)}: {key} has shape {tuple(value.shape)}, model expects {tuple(want)}"
+                f"{_origin_of(key, origin)}: {key} has shape {tuple(value.shape)}, "
+                f"model expects {tuple(want)}"
             )
     missing = sorted(set(expected) - set(weights))
     if missing:
@@ -158,7 +159,9 @@ def load_model(
 
     if target is not None:
         # Quantized weights are packed integers: only floats (scales and biases included) change dtype.
-        weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+        weights = {
+            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
+        }
     model.load_weights(list(weights.items()), strict=True)
     if not lazy:
         mx.eval(model.parameters())
@@ -167,7 +170,9 @@ def load_model(
 
 
 def has_tokenizer(model_dir: Path) -> bool:
-    return any((model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    return any(
+        (model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    )
 
 
 def load(path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False):

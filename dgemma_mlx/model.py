@@ -152,7 +152,9 @@ class DecoderLayer(nn.Module):
         scalar: mx.array,
         encode: bool,
     ) -> mx.array:
-        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache, offset, mask, encode))
+        h = x + self.post_attention_layernorm(
+            self.self_attn(self.input_layernorm(x), cache, offset, mask, encode)
+        )
         dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))
         indices, weights = self.router(h)
         expert_out = self.experts.switch_glu(self.pre_feedforward_layernorm_2(h), indices)
@@ -347,7 +349,9 @@ class Model(nn.Module):
         out: dict[str, mx.array] = {}
         encoder_text = "model.encoder.language_model."
         for key, value in weights.items():
-            if any(s in key for s in ("vision_tower", "embed_vision", "rotary_emb")) or key.startswith("lm_head"):
+            if any(s in key for s in ("vision_tower", "embed_vision", "rotary_emb")) or key.startswith(
+                "lm_head"
+            ):
                 continue
             if key.startswith(encoder_text):
                 if re.fullmatch(r"model\.encoder\.language_model\.layers\.\d+\.layer_scalar", key):

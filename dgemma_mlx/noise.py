@@ -103,7 +103,9 @@ class TapeNoise:
             raise ValueError(f"noise tape draw {self.position} is {got_kind!r}, sampler asked for {kind!r}")
         value = np.asarray(value)
         if int(np.prod(value.shape)) != int(np.prod(shape)):
-            raise ValueError(f"noise tape draw {self.position} has shape {value.shape}, wanted {tuple(shape)}")
+            raise ValueError(
+                f"noise tape draw {self.position} has shape {value.shape}, wanted {tuple(shape)}"
+            )
         self.position += 1
         return value.reshape(tuple(shape))
 

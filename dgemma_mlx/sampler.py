@@ -6,6 +6,8 @@ hot path stays free of host round trips.
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import numpy as np
 
@@ -17,6 +19,26 @@ def temperature(step: int, max_steps: int, t_min: float, t_max: float) -> float:
     """
     ratio = np.float32(step) / np.float32(max_steps)
     return float(np.float32(t_min) + np.float32(t_max - t_min) * ratio)
+
+
+@partial(mx.compile, shapeless=True)
+def tempered_scores(raw: mx.array, temp: mx.array, gumbel: mx.array):
+    """One fused pass over [B, L, V]: tempered logits, entropy, sample, argmax and its probability.
+
+    Exponentials dominate this step's cost (notably on CPU), so the softmax is computed once and
+    shared: entropy as -sum p * (z - lse), which stays accurate when the entropy is tiny. The sample
+    is argmax(z + g): the Gumbel-max trick, equal to argmax(log p + g) since lse is constant per row.
+    """
+    z = raw / temp
+    m = mx.max(z, axis=-1, keepdims=True)
+    e = mx.exp(z - m)
+    s = e.sum(axis=-1, keepdims=True)
+    lse = m + mx.log(s)
+    ent = -((e / s) * (z - lse)).sum(axis=-1)
+    sample = mx.argmax(z + gumbel, axis=-1).astype(mx.int32)
+    draft = mx.argmax(z, axis=-1).astype(mx.int32)
+    confidence = mx.exp(mx.take_along_axis(z, draft[..., None], axis=-1)[..., 0] - lse[..., 0])
+    return z, ent, sample, draft, confidence
 
 
 def log_probs(logits: mx.array) -> mx.array:

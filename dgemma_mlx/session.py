@@ -66,12 +66,14 @@ class ChatSession:
 
     def render(self, messages: list[Message]) -> list[int]:
         full = ([{"role": "system", "content": self.system}] if self.system else []) + messages
-        return self.tokenizer.render_chat(full, add_generation_prompt=True, enable_thinking=self.enable_thinking)
+        return self.tokenizer.render_chat(
+            full, add_generation_prompt=True, enable_thinking=self.enable_thinking
+        )
 
     # -- a turn --------------------------------------------------------------------------------------
-    def stream(self, user_text: str, noise: NoiseSource | None = None, **overrides: Any) -> Iterator[
-        PassEvent | CanvasEvent | FinishEvent
-    ]:
+    def stream(
+        self, user_text: str, noise: NoiseSource | None = None, **overrides: Any
+    ) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
         """Answer one user message; the turn joins the history only if it runs to completion.
 
         Interrupting (closing the generator, Ctrl-C) leaves history and cache as they were before.
