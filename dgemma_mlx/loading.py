@@ -138,9 +138,12 @@ def load_model(
     weights = model.sanitize(raw)
     if config.quantization:
         apply_quantization_map(model, config.quantization, set(weights))
-    target = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise DGemmaError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    target = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if target is None and not config.quantization and mx.default_device() == mx.cpu:
+        # MLX's CPU backend gathers MoE experts in float32 only; quantized experts are fine.
+        target = mx.float32
 
     expected = dict(tree_flatten(model.parameters()))
     for key, value in weights.items():

@@ -23,6 +23,10 @@ RECIPES = {
     "mixed": "experts at the chosen bits; attention, dense MLP, self-conditioning and embedding at 8-bit",
     "experts-only": "experts at the chosen bits; everything else left in float",
 }
+# What `dgemma convert` uses unless told otherwise. Provisional: chosen from size and from passes-to-converge
+# evidence elsewhere (8-bit 68 passes vs 4-bit 98; a quantized embedding stalled convergence) until the
+# bundled Sudoku model lets us measure passes and solve rate per recipe on DiffusionGemma itself.
+DEFAULT_RECIPE = "mixed"
 
 
 def weight_class(path: str) -> str:

@@ -1,0 +1,16 @@
+"""Shared fixtures: tiny random checkpoints written by transformers' `save_pretrained`."""
+
+import pytest
+from hf_reference import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Float32, real key layout, prompt-length > sliding window possible (W=4, L=8)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def sharp_checkpoint(tmp_path_factory):
+    """Embedding x8 so acceptance and adaptive stopping actually trigger (spec §8.2)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sharp"), seed=1, embed_multiplier=8.0)
