@@ -221,6 +221,10 @@ def block_diffusion(
             break
 
     gen_time = time.perf_counter() - gen_start
+    peak_memory = mx.get_peak_memory()
+    # Return this generation's scratch buffers: without it, MLX's buffer cache keeps growing across the
+    # differently-shaped canvases of a long chat or batch process.
+    mx.clear_cache()
     new = sequences[:, P:]
     valid = (
         (new != config.pad_token_id).sum(axis=-1)
@@ -239,7 +243,7 @@ def block_diffusion(
         tokens_per_forward=[float(v) / float(p) if p else 0.0 for v, p in zip(valid, passes, strict=True)],
         prompt_time=prompt_time,
         generation_time=gen_time,
-        peak_memory_gb=mx.get_peak_memory() / 1e9,
+        peak_memory_gb=peak_memory / 1e9,
     )
     yield FinishEvent(
         GenerationResult(
