@@ -1,0 +1,143 @@
+"""Chat sessions on the real Gemma 4 vocabulary: each turn encodes only new tokens, with exact results."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from gemma4_assets import gemma4_tokenizer_dir
+from mlx.utils import tree_flatten
+
+from dgemma_mlx import DGemmaError, FinishEvent, PassEvent, generate, load, stream_generate
+from dgemma_mlx.config import ModelConfig
+from dgemma_mlx.model import Model
+from dgemma_mlx.session import ChatSession
+
+CONFIG = {
+    "model_type": "diffusion_gemma",
+    "canvas_length": 8,
+    "text_config": {
+        "vocab_size": 262144,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "moe_intermediate_size": 16,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "global_head_dim": 16,
+        "num_global_key_value_heads": 1,
+        "num_experts": 4,
+        "top_k_experts": 2,
+        "sliding_window": 4,
+    },
+}
+GENERATION = {"max_new_tokens": 8, "max_denoising_steps": 4, "eos_token_id": [1, 106, 50], "pad_token_id": 0}
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """A random tiny model with the real 262,144-id vocabulary and a Gemma 4 chat template."""
+    path = tmp_path_factory.mktemp("chat")
+    for f in gemma4_tokenizer_dir().iterdir():
+        shutil.copy(f, path / f.name)
+    mx.random.seed(0)
+    model = Model(ModelConfig.from_dict(CONFIG))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps(CONFIG))
+    (path / "generation_config.json").write_text(json.dumps(GENERATION))
+    return load(path)
+
+
+def record_encodes(model, monkeypatch):
+    calls: list[int] = []
+    original = model.encode
+
+    def spy(ids, cache):
+        calls.append(ids.shape[1])
+        return original(ids, cache)
+
+    monkeypatch.setattr(model, "encode", spy)
+    return calls
+
+
+def test_second_turn_encodes_only_its_new_tokens_and_matches_full_history(chat_model, monkeypatch):
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, system="Be brief.", seed=0)
+    session.ask("Hello there")
+    first_prompt = session.cached_tokens
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+
+    calls = record_encodes(model, monkeypatch)
+    session.ask("And what about tomorrow?")
+    full_ids = session.render(session.messages[:-1])
+    assert session.cached_tokens == len(full_ids) > first_prompt
+    assert calls[0] == len(full_ids) - first_prompt  # the prompt encode covered only the new turn
+
+    canvas = mx.array([[10, 20, 30, 40, 50, 60, 70, 80]])
+    fresh = model.make_cache(1)
+    model.encode(mx.array([full_ids]), fresh)
+    incremental = np.array(model.decode(canvas, session._cache))
+    whole = np.array(model.decode(canvas, fresh))
+    assert np.abs(incremental - whole).max() < 1e-4
+
+
+def test_interrupted_turn_leaves_history_and_cache_untouched(chat_model):
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, seed=1)
+    session.ask("Hi")
+    messages, cached = list(session.messages), session.cached_tokens
+    stream = session.stream("Tell me a long story")
+    for event in stream:
+        if isinstance(event, PassEvent):
+            break  # the user pressed Ctrl-C mid-canvas
+    stream.close()
+    assert session.messages == messages and session.cached_tokens == cached
+
+
+def test_system_change_reencodes_and_reset_forgets(chat_model, monkeypatch):
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, seed=2)
+    session.ask("Hi")
+    session.set_system("You are a pirate.")
+    calls = record_encodes(model, monkeypatch)
+    session.ask("Hi again")
+    assert calls[0] == session.cached_tokens  # prefix changed: the whole conversation was encoded
+    session.reset()
+    assert session.messages == [] and session.cached_tokens == 0
+
+
+def test_save_and_load_round_trip(chat_model, tmp_path):
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, system="S", seed=3)
+    session.ask("One")
+    session.save(tmp_path / "s.json")
+    other = ChatSession(model, tokenizer)
+    other.load(tmp_path / "s.json")
+    assert other.messages == session.messages and other.system == "S"
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(DGemmaError, match="not a dgemma chat session"):
+        other.load(tmp_path / "bad.json")
+
+
+def test_text_messages_and_ids_prompts_agree(chat_model):
+    model, tokenizer = chat_model
+    ids = tokenizer.render_chat([{"role": "user", "content": "Why is the sky blue?"}])
+    by_text = generate(model, tokenizer, "Why is the sky blue?", seed=4)
+    by_messages = generate(model, tokenizer, [{"role": "user", "content": "Why is the sky blue?"}], seed=4)
+    by_ids = generate(model, tokenizer, ids, seed=4)
+    assert np.array_equal(by_text.sequences, by_ids.sequences)
+    assert np.array_equal(by_messages.sequences, by_ids.sequences)
+    assert by_ids.sequences[0, : len(ids)].tolist() == ids
+    raw = generate(model, tokenizer, "Why is the sky blue?", chat_template=False, seed=4)
+    assert raw.prompt_lengths[0] < len(ids)
+    assert isinstance(by_ids.text, str)
+
+
+def test_generation_defaults_come_from_the_checkpoint(chat_model):
+    model, tokenizer = chat_model
+    events = list(stream_generate(model, tokenizer, "Hi", seed=0))
+    passes = [e for e in events if isinstance(e, PassEvent)]
+    assert passes[0].max_steps == GENERATION["max_denoising_steps"]
+    assert isinstance(events[-1], FinishEvent) and events[-1].result.stats.canvases == 1
