@@ -16,11 +16,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import typer
-from dgemma_mlx.convert.command import convert_command
-from dgemma_mlx.convert.plan import ConvertOptions, OutTensor, build_plan, recipe_sizes
-from dgemma_mlx.convert.progress import byte_progress
-from dgemma_mlx.convert.source import open_source
-from dgemma_mlx.convert.stream import header_bytes, write_shards
 from hf_reference import QUANTIZABLE_TEXT, dequantized_to_hf, reference_forward, write_tiny_checkpoint
 from mlx.utils import tree_flatten
 from rich.console import Console
@@ -31,6 +26,11 @@ from test_quantized import dequantized_hf_weights
 from typer.testing import CliRunner
 
 from dgemma_mlx.config import ModelConfig, estimate_weight_bytes
+from dgemma_mlx.convert.command import convert_command
+from dgemma_mlx.convert.plan import ConvertOptions, OutTensor, build_plan, recipe_sizes
+from dgemma_mlx.convert.progress import byte_progress
+from dgemma_mlx.convert.source import open_source
+from dgemma_mlx.convert.stream import header_bytes, write_shards
 from dgemma_mlx.loading import load, load_model
 from dgemma_mlx.model import Model
 from dgemma_mlx.quantization import quantize_model

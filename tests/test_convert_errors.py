@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from dgemma_mlx.convert import output as output_module
-from dgemma_mlx.convert import stream as stream_module
 from test_convert import cli, write_hf_checkpoint
 
+from dgemma_mlx.convert import output as output_module
+from dgemma_mlx.convert import stream as stream_module
 from dgemma_mlx.errors import DGemmaError
 
 
