@@ -1,0 +1,96 @@
+"""`dgemma sudoku` (alias `dgemma demo`): generate or read puzzles, solve them live with the bundled model."""
+
+from __future__ import annotations
+
+import json
+import random
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import DGemmaError
+from ..events import FinishEvent, PassEvent
+from ..loading import load
+from .puzzles import DIFFICULTIES, format_puzzle, generate_puzzle, parse_puzzle
+from .solver_model import ASSETS, result_of, solve_stream
+
+
+class Difficulty(str, Enum):
+    easy = "easy"
+    medium = "medium"
+    hard = "hard"
+
+
+def sudoku_command(
+    puzzle: str | None = typer.Option(None, "--puzzle", help="81 cells, digits with 0 or . for blanks"),
+    difficulty: Difficulty = typer.Option(Difficulty.easy, "--difficulty", "-d", help="of generated puzzles"),
+    count: int = typer.Option(1, "--count", "-n", min=1, help="how many puzzles to generate and solve"),
+    seed: int | None = typer.Option(None, "--seed", help="puzzle and sampler seed (random if omitted)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per puzzle on stdout, no board"),
+    model_path: Path = typer.Option(ASSETS, "--model", help="a Sudoku DiffusionGemma (default: bundled)"),
+) -> None:
+    """Watch DiffusionGemma solve Sudoku: every blank cell is refined in parallel, pass by pass."""
+    err = Console(stderr=True)
+    try:
+        run(puzzle, difficulty.value, count, seed, as_json, model_path)
+    except DGemmaError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def run(
+    puzzle: str | None, difficulty: str, count: int, seed: int | None, as_json: bool, model_path: Path
+) -> None:
+    assert difficulty in DIFFICULTIES
+    grids = [parse_puzzle(puzzle)] if puzzle is not None else None
+    model, _ = load(model_path)
+    rng = random.Random(seed)
+    if grids is None:
+        grids = [list(generate_puzzle(rng, difficulty).puzzle) for _ in range(count)]
+    console = Console()
+    live = console.is_terminal and not as_json
+    solved = 0
+    for k, grid in enumerate(grids):
+        sample_seed = rng.randrange(2**31) if seed is not None else None
+        title = f"Sudoku {k + 1}/{len(grids)}" if len(grids) > 1 else "Sudoku"
+        result = solve_one(model, console, grid, sample_seed, title, live, as_json)
+        solved += result.valid
+        if as_json:
+            print(json.dumps(
+                {"puzzle": format_puzzle(grid), "solution": format_puzzle(result.solution),
+                 "valid": result.valid, "passes": result.passes}
+            ), flush=True)
+    if len(grids) > 1 and not as_json:
+        console.print(f"solved {solved}/{len(grids)}")
+
+
+def solve_one(model, console: Console, grid, seed, title: str, live: bool, quiet: bool):
+    """Solve one grid, drawing the board live on a terminal or plain text (no ANSI) otherwise."""
+    from dgemma_mlx.cli.sudoku_view import SudokuLiveView, plain_board
+
+    events = solve_stream(model, grid, seed=seed)
+    result = None
+    if live:
+        with SudokuLiveView(console, grid, title) as view:
+            for event in events:
+                if isinstance(event, PassEvent):
+                    view.update(event)
+                elif isinstance(event, FinishEvent):
+                    result = result_of(grid, event)
+    else:
+        for event in events:
+            if isinstance(event, FinishEvent):
+                result = result_of(grid, event)
+    assert result is not None
+    if not quiet:
+        if not live:
+            print(f"{title}: puzzle\n{plain_board(grid)}\nmodel's answer\n{plain_board(result.solution)}")
+        verdict = "[green]valid solution[/]" if result.valid else "[red]not a valid solution[/]"
+        console.print(f"{verdict} after {result.passes} passes", highlight=False)
+    return result
+
