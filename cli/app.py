@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from enum import Enum
+
 import typer
+from rich.console import Console
 
 from dgemma_mlx.convert.command import convert_command
 from dgemma_mlx.sudoku.command import sudoku_command
+
+from .options import model_option, resolve_model, stderr, user_errors
+from .view import consume, make_view, print_stats
 
 app = typer.Typer(
     name="dgemma",
@@ -16,6 +24,66 @@ app = typer.Typer(
 app.command("sudoku")(sudoku_command)
 app.command("demo", help="Alias of `sudoku`: the bundled model solving Sudoku live.")(sudoku_command)
 app.command("convert")(convert_command)
+
+
+class ViewKind(str, Enum):
+    auto = "auto"
+    live = "live"
+    plain = "plain"
+    none = "none"
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="the prompt, or - to read stdin"),
+    model: str | None = model_option(),
+    system: str | None = typer.Option(None, "--system", help="system prompt (chat template only)"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="new-token budget (whole canvases)"),
+    steps: int | None = typer.Option(None, "--steps", help="max denoising passes per canvas"),
+    entropy_bound: float | None = typer.Option(None, "--entropy-bound"),
+    t_min: float | None = typer.Option(None, "--t-min"),
+    t_max: float | None = typer.Option(None, "--t-max"),
+    seed: int | None = typer.Option(None, "--seed"),
+    chat_template: bool = typer.Option(True, "--chat-template/--raw", help="render with the chat template"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (text, tokens, stats)"),
+    view: ViewKind = typer.Option(ViewKind.auto, "--view", help="live on a terminal, plain otherwise"),
+) -> None:
+    """One-shot generation: the answer on stdout, the view and stats on stderr."""
+    with user_errors():
+        from dgemma_mlx import load, stream_generate
+
+        text = sys.stdin.read() if prompt == "-" else prompt
+        model_obj, tokenizer = load(resolve_model(model))
+        events = stream_generate(
+            model_obj,
+            tokenizer,
+            text,
+            seed=seed,
+            system=system,
+            chat_template=chat_template,
+            max_new_tokens=max_tokens,
+            max_denoising_steps=steps,
+            entropy_bound=entropy_bound,
+            t_min=t_min,
+            t_max=t_max,
+        )
+        result = consume(events, make_view("none" if as_json else view.value, stderr, tokenizer)).result
+        if as_json:
+            payload = {"text": result.text, "tokens": result.new_tokens[0], "stats": result.stats.to_dict()}
+            print(json.dumps(payload, ensure_ascii=False))
+        else:
+            print(result.text)
+            if view != ViewKind.none:
+                print_stats(stderr, result.stats)
+
+
+@app.command()
+def info(model: str | None = model_option()) -> None:
+    """What a model directory holds: geometry, parameters, quantization, size, estimated memory."""
+    with user_errors():
+        from dgemma_mlx.inspect import describe
+
+        Console().print(describe(resolve_model(model)))
 
 
 def main() -> None:

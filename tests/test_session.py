@@ -1,53 +1,18 @@
 """Chat sessions on the real Gemma 4 vocabulary: each turn encodes only new tokens, with exact results."""
 
-import json
-import shutil
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from gemma4_assets import gemma4_tokenizer_dir
-from mlx.utils import tree_flatten
+from conftest import GENERATION
 
 from dgemma_mlx import DGemmaError, FinishEvent, PassEvent, generate, load, stream_generate
-from dgemma_mlx.config import ModelConfig
-from dgemma_mlx.model import Model
 from dgemma_mlx.session import ChatSession
-
-CONFIG = {
-    "model_type": "diffusion_gemma",
-    "canvas_length": 8,
-    "text_config": {
-        "vocab_size": 262144,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "moe_intermediate_size": 16,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "global_head_dim": 16,
-        "num_global_key_value_heads": 1,
-        "num_experts": 4,
-        "top_k_experts": 2,
-        "sliding_window": 4,
-    },
-}
-GENERATION = {"max_new_tokens": 8, "max_denoising_steps": 4, "eos_token_id": [1, 106, 50], "pad_token_id": 0}
 
 
 @pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    """A random tiny model with the real 262,144-id vocabulary and a Gemma 4 chat template."""
-    path = tmp_path_factory.mktemp("chat")
-    for f in gemma4_tokenizer_dir().iterdir():
-        shutil.copy(f, path / f.name)
-    mx.random.seed(0)
-    model = Model(ModelConfig.from_dict(CONFIG))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(CONFIG))
-    (path / "generation_config.json").write_text(json.dumps(GENERATION))
-    return load(path)
+def chat_model(chat_model_dir):
+    return load(chat_model_dir)
 
 
 def record_encodes(model, monkeypatch):
