@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from dgemma_mlx.convert.command import convert_command
+from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.sudoku.command import sudoku_command
 
 from .options import model_option, resolve_model, stderr, user_errors
-from .view import consume, make_view, print_stats
+from .view import consume, make_progress, make_view, print_stats
 
 app = typer.Typer(
     name="dgemma",
@@ -75,6 +77,72 @@ def generate(
             print(result.text)
             if view != ViewKind.none:
                 print_stats(stderr, result.stats)
+
+
+@app.command()
+def chat(
+    model: str | None = model_option(),
+    system: str | None = typer.Option(None, "--system", help="system prompt"),
+    think: bool = typer.Option(False, "--think", help="thinking mode, via the chat template's own switch"),
+    seed: int | None = typer.Option(None, "--seed"),
+    view: ViewKind = typer.Option(ViewKind.auto, "--view", help="live on a terminal, plain otherwise"),
+) -> None:
+    """Multi-turn chat on one session cache: each turn encodes only its new tokens."""
+    with user_errors():
+        from dgemma_mlx import load
+        from dgemma_mlx.session import ChatSession
+
+        from .chat import repl
+
+        model_obj, tokenizer = load(resolve_model(model))
+        session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=seed)
+        repl(session, Console(), view.value)
+
+
+@app.command()
+def batch(
+    input_path: Path = typer.Argument(
+        ..., metavar="IN", help="JSONL ({id, prompt|messages, ...}) or text lines"
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="results are appended here as JSONL"),
+    model: str | None = model_option(),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="prompts generated together"),
+    resume: bool = typer.Option(False, "--resume", help="skip ids already in OUT"),
+    seed: int | None = typer.Option(None, "--seed"),
+) -> None:
+    """Generate for every prompt in a file; each result is appended and flushed as soon as it is done."""
+    with user_errors():
+        from dgemma_mlx import load
+        from dgemma_mlx.batch import BadLine, completed_ids, read_requests, run_batch
+
+        items = list(read_requests(input_path))
+        bad = [i for i in items if isinstance(i, BadLine)]
+        errors_path = output.with_name(output.name + ".errors")
+        if bad:
+            errors_path.write_text("".join(f"line {b.line}: {b.reason}\n" for b in bad))
+            for b in bad:
+                stderr.print(f"[yellow]skipped line {b.line}:[/] {b.reason}", highlight=False)
+        if output.exists() and not resume:
+            raise DGemmaError(f"{output} exists: pass --resume to continue it, or choose another file")
+        done = completed_ids(output)
+        todo = [i for i in items if not isinstance(i, BadLine) and i.id not in done]
+        model_obj, tokenizer = load(resolve_model(model))
+        with make_progress(stderr, len(todo)) as progress:
+            task = progress.add_task("prompts", total=len(todo))
+            run_batch(
+                model_obj,
+                tokenizer,
+                todo,
+                output,
+                batch_size,
+                seed,
+                on_done=lambda rows: progress.advance(task, len(rows)),
+            )
+        stderr.print(
+            f"{len(todo)} done, {len(done)} already in {output}, {len(bad)} malformed", highlight=False
+        )
+        if bad:
+            raise typer.Exit(1)
 
 
 @app.command()

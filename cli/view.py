@@ -143,3 +143,17 @@ def consume(events, view) -> FinishEvent:
                 final = event
     assert final is not None
     return final
+
+
+def make_progress(console: Console, total: int):
+    """Prompts done, rate and ETA; Rich disables the animation itself when not on a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
