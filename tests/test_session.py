@@ -4,7 +4,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import GENERATION
+from tiny_models import GENERATION
 
 from dgemma_mlx import DGemmaError, FinishEvent, PassEvent, generate, load, stream_generate
 from dgemma_mlx.session import ChatSession
