@@ -1,125 +1,225 @@
-"""The `dgemma chat` REPL: one session cache, slash commands, readline history, Ctrl-C stops an answer."""
+"""The `dgemma chat` REPL: one ChatSession (one encoder cache), slash commands, readline history.
+
+Each turn only encodes what the cache has not seen (the session does that); this module only reads
+lines, dispatches slash commands and shows answers. Ctrl-C during an answer abandons that answer and
+returns to the prompt with the history as it was; Ctrl-C at the prompt clears the line; Ctrl-D quits.
+Answers go to stdout; the live view, thinking, stats and notices go to stderr.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.events import FinishEvent
+from dgemma_mlx.events import FinishEvent, GenerationResult
 from dgemma_mlx.session import ChatSession
 
-from .view import make_view, print_stats
+from .options import error_line, say
+from .view import budget_warning, make_view, print_stats, split_answer
 
-HELP = "/reset  /system TEXT  /params [key=value ...]  /save FILE  /load FILE  /quit   (Ctrl-D exits)"
-HISTORY = Path.home() / ".dgemma_history"
+HISTORY_ENV = "DGEMMA_HISTORY"
+HISTORY_LENGTH = 1000
+COMMANDS = {
+    "/help": "this list",
+    "/reset": "forget the conversation (keeps the system prompt)",
+    "/system [TEXT]": "set the system prompt (no text: clear it)",
+    "/params [key=value ...]": "show or change generation parameters (value none unsets)",
+    "/think [on|off]": "thinking mode, via the chat template's own switch",
+    "/save FILE": "write the conversation to a JSON file",
+    "/load FILE": "continue a saved conversation",
+    "/quit": "leave (or Ctrl-D)",
+}
+# Friendly names accepted by /params, as on the command line.
+PARAM_ALIASES = {"max_tokens": "max_new_tokens", "steps": "max_denoising_steps"}
 
 
-def _readline():
-    """Arrow-key history where the platform has readline (libedit on macOS); plain input() otherwise."""
-    try:
-        import readline
-    except ImportError:
+def history_path() -> Path:
+    return Path(os.environ.get(HISTORY_ENV) or Path.home() / ".dgemma_history").expanduser()
+
+
+def parse_value(text: str) -> Any:
+    """`none`, integers, floats and comma-separated integer lists (eos_token_id=1,106)."""
+    if text.lower() in ("none", "null"):
         return None
-    with contextlib.suppress(OSError):
-        readline.read_history_file(HISTORY)
-    return readline
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    raise DGemmaError(f"/params: {text!r} is not a number, a list of numbers or none")
 
 
-def _parse_params(args: str) -> dict:
+def parse_params(args: str) -> dict[str, Any]:
     out = {}
     for pair in args.split():
-        if "=" not in pair:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
             raise DGemmaError(f"/params takes key=value pairs, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = None if value.lower() == "none" else value
+        out[PARAM_ALIASES.get(key, key)] = parse_value(value)
     return out
 
 
-def handle_command(session: ChatSession, line: str, console: Console) -> bool:
-    """Run a slash command; returns False when the user asked to quit."""
-    name, _, args = line.partition(" ")
-    args = args.strip()
-    if name in ("/quit", "/exit"):
-        return False
-    if name == "/reset":
-        session.reset()
-        console.print("[dim]conversation cleared[/]")
-    elif name == "/system":
-        session.set_system(args or None)
-        console.print(f"[dim]system prompt {'set' if args else 'cleared'}[/]")
-    elif name == "/params":
-        if args:
-            session.set_params(**_parse_params(args))
-        console.print(session.config.to_dict(), highlight=False)
-    elif name == "/save":
-        if not args:
-            raise DGemmaError("/save needs a file name")
-        session.save(args)
-        console.print(f"[dim]saved {len(session.messages)} messages to {args}[/]")
-    elif name == "/load":
-        if not args:
-            raise DGemmaError("/load needs a file name")
-        session.load(args)
-        console.print(f"[dim]loaded {len(session.messages)} messages[/]")
-    else:
-        console.print(f"[dim]{HELP}[/]")
-    return True
+class ChatRepl:
+    """Reads lines, runs slash commands, streams answers through a view."""
 
+    def __init__(
+        self,
+        session: ChatSession,
+        out: Console,
+        err: Console,
+        view_kind: str = "auto",
+        interactive: bool | None = None,
+    ):
+        self.session = session
+        self.out = out
+        self.err = err
+        self.view_kind = view_kind
+        self.interactive = sys.stdin.isatty() if interactive is None else interactive
+        self.readline: ModuleType | None = None
 
-def repl(session: ChatSession, console: Console, view_kind: str) -> None:
-    readline = _readline()
-    console.print(f"[dim]dgemma chat — {HELP}[/]")
-    try:
-        while True:
-            try:
-                line = input("you> ").strip()
-            except EOFError:
-                console.print()
-                break
-            except KeyboardInterrupt:
-                console.print()
-                continue
-            if not line:
-                continue
-            try:
-                if line.startswith("/"):
-                    if not handle_command(session, line, console):
-                        break
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self._start_history()
+        self.note(f"dgemma chat · {self.session.model.model_dir} · /help for commands, Ctrl-D to quit")
+        try:
+            while True:
+                try:
+                    line = input("you> " if self.interactive else "")
+                except EOFError:
+                    if self.interactive:
+                        self.out.print()
+                    return
+                except KeyboardInterrupt:  # at the prompt: drop the line, like a shell
+                    self.out.print()
                     continue
-                answer(session, line, console, view_kind)
-            except DGemmaError as e:
-                console.print(f"[bold red]error:[/] {e}", highlight=False)
-    finally:
-        if readline is not None:
-            with contextlib.suppress(OSError):
-                readline.write_history_file(HISTORY)
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    if line.startswith("/"):
+                        if not self.command(line):
+                            return
+                    else:
+                        self.answer(line)
+                except DGemmaError as e:
+                    error_line(self.err, str(e))
+                except KeyboardInterrupt:  # a second Ctrl-C while reporting the first
+                    self.note("interrupted")
+        finally:
+            self._save_history()
 
+    # -- history -------------------------------------------------------------------------------------
+    def _start_history(self) -> None:
+        """Arrow-key history via readline (libedit on macOS), only on an interactive terminal."""
+        if not self.interactive:
+            return
+        try:
+            import readline
+        except ImportError:  # e.g. Windows without pyreadline: plain input() still works
+            return
+        self.readline = readline
+        readline.set_history_length(HISTORY_LENGTH)
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history_path())
 
-def answer(session: ChatSession, text: str, console: Console, view_kind: str) -> None:
-    """Stream one answer through the view; Ctrl-C abandons it and keeps the history as it was."""
-    stream = session.stream(text)
-    final = None
-    view = make_view(view_kind, console, session.tokenizer, title="dgemma")
-    try:
-        with view:
-            for event in stream:
-                view.handle(event)
-                if isinstance(event, FinishEvent):
-                    final = event
-    except KeyboardInterrupt:
-        stream.close()
-        console.print("[yellow]⏹ answer interrupted[/] (history kept)")
-        return
-    assert final is not None
-    console.print(f"[bold cyan]dgemma>[/] {final.result.text.strip()}", highlight=False)
-    if view_kind != "none":
-        print_stats(console, final.result.stats)
+    def _save_history(self) -> None:
+        if self.readline is None:
+            return
+        with contextlib.suppress(OSError):
+            self.readline.write_history_file(history_path())
+
+    # -- output helpers ------------------------------------------------------------------------------
+    def note(self, message: str) -> None:
+        say(self.err, message, style="dim")
+
+    def show_answer(self, result: GenerationResult) -> None:
+        thought, answer = split_answer(self.session.tokenizer, result)
+        if thought:
+            say(self.err, f"thinking: {thought}", style="dim italic")
+        if self.interactive:
+            self.out.print(Text.assemble(("dgemma> ", "bold cyan"), answer))
+        else:
+            say(self.out, answer)
+        if self.view_kind != "none":
+            print_stats(self.err, result.stats)
+        if not result.finished[0]:
+            limit = self.session.config.max_new_tokens
+            say(self.err, budget_warning(limit, "raise it with /params max_tokens=N"))
+
+    # -- one turn ------------------------------------------------------------------------------------
+    def answer(self, text: str) -> None:
+        """Stream one answer; Ctrl-C abandons it and leaves history and cache as they were."""
+        stream = self.session.stream(text)
+        final = None
+        view = make_view(self.view_kind, self.err, self.session.tokenizer, title="dgemma")
+        try:
+            with view:
+                for event in stream:
+                    view.handle(event)
+                    if isinstance(event, FinishEvent):
+                        final = event.result
+        except KeyboardInterrupt:
+            stream.close()
+            if final is None:
+                say(self.err, "⏹ answer interrupted (history kept, this turn dropped)", style="yellow")
+                return
+        if final is not None:
+            self.show_answer(final)
+
+    # -- slash commands ------------------------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Run a slash command; returns False when the user asked to quit."""
+        name, _, args = line.partition(" ")
+        args = args.strip()
+        session = self.session
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name == "/reset":
+            session.reset()
+            self.note("conversation cleared")
+        elif name == "/system":
+            session.set_system(args or None)
+            self.note("system prompt set" if args else "system prompt cleared")
+        elif name == "/params":
+            if args:
+                # replace_explicit so that `none` really unsets (e.g. stability_threshold=none).
+                session.config = session.config.replace_explicit(**parse_params(args))
+            for key, value in session.config.to_dict().items():
+                say(self.err, f"  {key} = {value}")
+        elif name == "/think":
+            if args not in ("", "on", "off"):
+                raise DGemmaError("/think takes on or off")
+            session.enable_thinking = (args or "on") == "on"
+            self.note(f"thinking {'on' if session.enable_thinking else 'off'}")
+        elif name == "/save":
+            if not args:
+                raise DGemmaError("/save needs a file name")
+            try:
+                session.save(Path(args).expanduser())
+            except OSError as e:
+                raise DGemmaError(f"{args}: {e.strerror or e}") from None
+            self.note(f"saved {len(session.messages)} messages to {args}")
+        elif name == "/load":
+            if not args:
+                raise DGemmaError("/load needs a file name")
+            try:
+                session.load(Path(args).expanduser())
+            except OSError as e:
+                raise DGemmaError(f"{args}: {e.strerror or e}") from None
+            self.note(f"loaded {len(session.messages)} messages from {args}")
+        elif name == "/help":
+            for usage, what in COMMANDS.items():
+                say(self.err, f"  {usage:26s} {what}")
+        else:
+            raise DGemmaError(f"unknown command {name} (try /help)")
+        return True

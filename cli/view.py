@@ -1,98 +1,271 @@
-"""Terminal views of a generation: the live denoising canvas, a plain progress log, or nothing.
+"""Terminal views of a generation: the live denoising canvas, plain log lines, or nothing.
 
-Views consume engine events only. The live view draws committed text above and the in-flight canvas
-below, each position styled by its state on this pass (accepted now, still noise, unchanged) and
-dimmed by confidence, under a header with canvas, pass, temperature, entropy and speed. Redraws are
-throttled so drawing stays a small fraction of generation time.
+Views consume engine events (`PassEvent`, `CanvasEvent`, `FinishEvent`) and nothing else, so they
+never reach into the sampler or the model. They draw on the console they are given (stderr for
+`generate`, so the answer alone goes to stdout).
+
+The live view shows committed text above and the in-flight canvas below. Each canvas position is
+coloured by its state on this pass, with the same colours as the Sudoku demo: green = accepted this
+pass, yellow = still noise (rejected and its prediction moved), cyan = rejected but unchanged since
+the last pass; brighter means more confident. A header carries canvas, pass, temperature, mean
+entropy, accepted positions and speed.
+
+Drawing runs on the generation thread, so it is throttled adaptively: a redraw happens at most every
+`MIN_INTERVAL` seconds, and never more often than keeps drawing under `DRAW_BUDGET` of wall time,
+whatever the terminal or model speed (benchmarks/view_overhead.py measures the result).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Protocol
 
 import numpy as np
-from rich.console import Console, Group
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from dgemma_mlx.events import CanvasEvent, FinishEvent, GenerationStats, PassEvent
+from dgemma_mlx.events import CanvasEvent, FinishEvent, GenerationResult, GenerationStats, PassEvent
 
-REDRAW_INTERVAL = 1 / 12  # seconds between redraws
+from .options import say
+
+MIN_INTERVAL = 1 / 20  # seconds: no terminal needs more than ~20 frames a second
+DRAW_BUDGET = 0.02  # the share of wall time drawing may take (the issue's bar is 5% overall)
+MAX_PIECE_CELLS = 16  # a pathological token (a run of 30 spaces) must not eat the canvas
+PIECE_CACHE_LIMIT = 65536
+
+ACCEPTED, NOISE, STABLE = "accepted", "noise", "stable"
+STYLES = {
+    # state -> (confident, middling, unsure)
+    ACCEPTED: ("bold green", "green", "dim green"),
+    NOISE: ("bold yellow", "yellow", "dim yellow"),
+    STABLE: ("bold cyan", "cyan", "dim cyan"),
+}
+
+
+class View(Protocol):
+    """What commands drive: a context manager that is fed every event."""
+
+    def __enter__(self) -> View: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None: ...
+
+
+def position_state(accepted: bool, changed: bool) -> str:
+    if accepted:
+        return ACCEPTED
+    return NOISE if changed else STABLE
 
 
 def position_style(accepted: bool, changed: bool, confidence: float) -> str:
-    if accepted:
-        return "bold green" if confidence > 0.9 else "green"
-    if changed:
-        return "yellow" if confidence > 0.3 else "dim yellow"
-    return "cyan" if confidence > 0.5 else "dim"
+    """Colour by state, brightness by the probability of the shown token."""
+    confident, middling, unsure = STYLES[position_state(accepted, changed)]
+    if confidence >= 0.9:
+        return confident
+    return middling if confidence >= 0.4 else unsure
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """Text safe to draw: no escape sequences or control characters, visible newlines and tabs.
+
+    Token pieces come from the model; a raw ESC or carriage return would corrupt the terminal.
+    """
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("\n" if keep_newlines else "↵")
+        elif ch == "\t":
+            out.append("    " if keep_newlines else "→")
+        elif ch.isprintable() or ch in "\u200c\u200d":  # zero-width joiners hold emoji together
+            out.append(ch)
+        else:
+            out.append("·" if not keep_newlines else "")
+    return "".join(out)
+
+
+def crop_cells(text: str, limit: int) -> str:
+    if cell_len(text) <= limit:
+        return text
+    out, used = [], 0
+    for ch in text:
+        width = cell_len(ch)
+        if used + width > limit - 1:
+            break
+        out.append(ch)
+        used += width
+    return "".join(out) + "…"
+
+
+class Pieces:
+    """Display text per token id, cached (the canvas redraws the same ids pass after pass)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+        self.separator: str | None = None if tokenizer is not None else " "
+
+    def _probe_separator(self, ids: list[int]) -> str:
+        """Word-level tokenizers decode pieces without their spaces; SentencePiece keeps them."""
+        special = getattr(self.tokenizer, "eos_token_ids", set()) | {0, 1, 2}
+        words = [i for i in ids if i not in special][:2]
+        if len(words) < 2:
+            return ""
+        a, b = self.tokenizer.token_strings(words)
+        joined = self.tokenizer.decode(words, skip_special_tokens=False)
+        return " " if a and b and joined == f"{a} {b}" else ""
+
+    def __call__(self, ids: Iterable[int]) -> list[str]:
+        ids = [int(i) for i in ids]
+        if self.tokenizer is None:
+            return [str(i) for i in ids]
+        if self.separator is None:
+            self.separator = self._probe_separator(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in self.cache]
+        if missing:
+            if len(self.cache) + len(missing) > PIECE_CACHE_LIMIT:
+                self.cache.clear()
+            for i, s in zip(missing, self.tokenizer.token_strings(missing), strict=True):
+                self.cache[i] = crop_cells(printable(s), MAX_PIECE_CELLS)
+        return [self.cache[i] for i in ids]
+
+
+def format_stats(stats: GenerationStats) -> str:
+    """The one-line summary printed when a generation finishes."""
+    generated = sum(stats.generated_tokens)
+    passes = sum(stats.passes)
+    per_forward = float(np.mean(stats.tokens_per_forward)) if stats.tokens_per_forward else 0.0
+    canvases = f"{stats.canvases} canvas{'es' if stats.canvases != 1 else ''}"
+    return (
+        f"prompt {stats.prompt_tokens} tokens in {stats.prompt_time:.2f} s · "
+        f"generated {generated} tokens in {stats.generation_time:.2f} s "
+        f"({stats.tokens_per_second:.1f} tok/s) · "
+        f"{canvases}, {passes} passes, {per_forward:.2f} tokens/forward · "
+        f"peak memory {stats.peak_memory_gb:.2f} GB"
+    )
+
+
+def print_stats(console: Console, stats: GenerationStats) -> None:
+    say(console, format_stats(stats), style="dim")
 
 
 class LiveView:
-    """Rich Live rendering of the canvas; use as a context manager and feed every event."""
+    """The denoising canvas, redrawn in place on a terminal; disappears when generation ends.
 
-    def __init__(self, console: Console, tokenizer, title: str = "dgemma"):
+    Only batch row 0 is drawn (the CLI's interactive commands generate one row).
+    """
+
+    def __init__(self, console: Console, tokenizer: Any, title: str = "dgemma"):
         self.console = console
-        self.tokenizer = tokenizer
         self.title = title
-        self.committed: list[int] = []
+        self.tokenizer = tokenizer
+        self.pieces = Pieces(tokenizer)
         self.live = Live(console=console, auto_refresh=False, transient=True)
-        self.last_draw = 0.0
-        self.last_pass: PassEvent | None = None
-        self.tokens_done = 0
+        self.committed_ids: list[int] = []
+        self.committed_text = ""
+        self.committed_tokens = 0
+        self.last_event: PassEvent | None = None
+        self.last_draw = -float("inf")
+        self.interval = MIN_INTERVAL
+        self.draw_time = 0.0  # total seconds spent drawing (for tests and benchmarks)
+        self.draws = 0
 
     def __enter__(self) -> LiveView:
         self.live.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.live.__exit__(kind, exc, tb)
 
-    def handle(self, event) -> None:
+    def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None:
         if isinstance(event, PassEvent):
-            self.last_pass = event
-            now = time.perf_counter()
-            if now - self.last_draw >= REDRAW_INTERVAL:
-                self.live.update(self._frame(event), refresh=True)
-                self.last_draw = now
+            self.last_event = event
+            self._maybe_draw()
         elif isinstance(event, CanvasEvent):
-            self.committed.extend(int(t) for t in event.tokens[0])
-            self.tokens_done += event.tokens.shape[1]
+            row = [int(t) for t in event.tokens[0]]
+            self.committed_ids.extend(row)
+            pad = getattr(self.tokenizer, "pad_token_id", None)
+            self.committed_tokens += sum(1 for t in row if t != pad)
+            self.committed_text = self._decode(self.committed_ids)
 
-    def _pieces(self, ids) -> list[str]:
-        if self.tokenizer is None:
-            return [f"{int(i)} " for i in ids]
-        return self.tokenizer.token_strings([int(i) for i in ids])
+    def _maybe_draw(self) -> None:
+        now = time.perf_counter()
+        if now - self.last_draw < self.interval or self.last_event is None:
+            return
+        self.live.update(self.frame(self.last_event), refresh=True)
+        done = time.perf_counter()
+        cost = done - now
+        self.draw_time += cost
+        self.draws += 1
+        self.interval = max(MIN_INTERVAL, cost / DRAW_BUDGET)
+        self.last_draw = done
 
-    def _frame(self, event: PassEvent):
-        mean_entropy = float(np.mean(event.entropy[0]))
-        speed = self.tokens_done / event.elapsed if event.elapsed > 0 else 0.0
-        header = Text.assemble(
-            (self.title, "bold"),
-            f"  canvas {event.canvas_index + 1}",
-            f"  pass {event.pass_index}/{event.max_steps}",
-            f"  T={event.temperature:.2f}",
-            f"  H̄={mean_entropy:.3f}",
-            f"  accepted {int(event.accepted[0].sum())}/{event.accepted.shape[1]}",
-            f"  {speed:.1f} tok/s",
-            style="on grey11",
-        )
-        done = Text(self._text(self.committed), style="white")
-        canvas = Text()
-        row = (event.draft[0], event.accepted[0], event.changed[0], event.confidence[0])
-        rows = zip(self._pieces(row[0]), *row[1:], strict=True)
-        for piece, acc, ch, conf in rows:
-            canvas.append(piece, style=position_style(bool(acc), bool(ch), float(conf)))
-        return Group(header, done, canvas)
-
-    def _text(self, ids: list[int]) -> str:
+    def _decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
             return " ".join(str(i) for i in ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return printable(self.tokenizer.decode(ids, skip_special_tokens=True), keep_newlines=True)
+
+    def header(self, event: PassEvent) -> Text:
+        elapsed = max(event.elapsed, 1e-9)
+        speed = f"{self.committed_tokens / elapsed:.1f} tok/s" if self.committed_tokens else "– tok/s"
+        length = event.accepted.shape[1]
+        parts = [
+            (f" {self.title} ", "bold reverse"),
+            f" canvas {event.canvas_index + 1}",
+            f" · pass {event.pass_index}/{event.max_steps}",
+            f" · T {event.temperature:.2f}",
+            f" · entropy {float(np.mean(event.entropy[0])):.3f}",
+            f" · accepted {int(event.accepted[0].sum())}/{length}",
+            f" · {speed}",
+        ]
+        return Text.assemble(*parts)
+
+    def canvas(self, event: PassEvent) -> Text:
+        text = Text()
+        separator = ""
+        pieces = self.pieces(event.draft[0])
+        sep = self.pieces.separator or ""
+        for piece, acc, ch, conf in zip(
+            pieces, event.accepted[0], event.changed[0], event.confidence[0], strict=True
+        ):
+            text.append(separator)
+            text.append(piece, style=position_style(bool(acc), bool(ch), float(conf)))
+            separator = sep
+        return text
+
+    @staticmethod
+    def legend() -> Text:
+        return Text.assemble(
+            ("accepted", "green"), " · ", ("still noise", "yellow"), " · ", ("unchanged", "cyan"),
+            ("  (brighter = more confident)", "dim"),
+        )  # fmt: skip
+
+    def frame(self, event: PassEvent) -> RenderableType:
+        """Header, the tail of the committed text that fits, the canvas, the legend."""
+        width = max(1, self.console.width)
+        header, canvas, legend = self.header(event), self.canvas(event), self.legend()
+        used = sum(len(t.wrap(self.console, width)) for t in (header, canvas, legend))
+        room = max(1, self.console.height - used - 1)
+        parts: list[RenderableType] = [header]
+        if self.committed_text:
+            # Wrap only the tail: a long answer must not make every frame slower.
+            tail = Text(self.committed_text[-room * width * 2 :])
+            lines = tail.wrap(self.console, width)
+            parts.append(Text("\n").join(lines[-room:]))
+        parts += [canvas, legend]
+        return Group(*parts)
 
 
 class PlainView:
-    """One line per committed canvas on stderr; no ANSI, for logs and pipes."""
+    """One line per committed canvas, no escape codes: for logs, pipes and CI."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -100,21 +273,24 @@ class PlainView:
     def __enter__(self) -> PlainView:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         return None
 
-    def handle(self, event) -> None:
+    def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None:
         if isinstance(event, CanvasEvent):
             line = f"canvas {event.canvas_index + 1}: {event.passes} passes, {event.elapsed:.2f} s"
-            self.console.print(line, highlight=False)
+            say(self.console, line)
 
 
 class NoView(PlainView):
-    def handle(self, event) -> None:
+    def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None:
         return None
 
 
-def make_view(kind: str, console: Console, tokenizer, title: str = "dgemma"):
+def make_view(kind: str, console: Console, tokenizer: Any, title: str = "dgemma") -> View:
+    """`auto` is live on a terminal and plain otherwise, so redirected runs never get escape codes."""
     if kind == "auto":
         kind = "live" if console.is_terminal else "plain"
     if kind == "live":
@@ -122,38 +298,94 @@ def make_view(kind: str, console: Console, tokenizer, title: str = "dgemma"):
     return PlainView(console) if kind == "plain" else NoView(console)
 
 
-def print_stats(console: Console, stats: GenerationStats) -> None:
-    console.print(
-        f"[dim]{stats.prompt_tokens} prompt tokens in {stats.prompt_time:.2f} s · "
-        f"{sum(stats.generated_tokens)} tokens in {stats.generation_time:.2f} s "
-        f"({stats.tokens_per_second:.1f} tok/s) · {stats.canvases} canvas(es), "
-        f"{sum(stats.passes)} passes, {np.mean(stats.tokens_per_forward):.2f} tokens/forward · "
-        f"peak {stats.peak_memory_gb:.2f} GB[/]",
-        highlight=False,
-    )
-
-
-def consume(events, view) -> FinishEvent:
-    """Drive a view with an event stream; return the final event."""
-    final = None
+def drive(events: Iterable[PassEvent | CanvasEvent | FinishEvent], view: View) -> GenerationResult:
+    """Feed every event to `view`; return the final result."""
+    result = None
     with view:
         for event in events:
             view.handle(event)
             if isinstance(event, FinishEvent):
-                final = event
-    assert final is not None
-    return final
+                result = event.result
+    if result is None:
+        raise RuntimeError("generation ended without a FinishEvent")
+    return result
 
 
-def make_progress(console: Console, total: int):
-    """Prompts done, rate and ETA; Rich disables the animation itself when not on a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class BatchProgress:
+    """Prompts done, tokens/s and ETA: a Rich bar on a terminal, a log line every few seconds otherwise."""
 
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
+    LOG_EVERY = 5.0  # seconds between plain progress lines
+
+    def __init__(self, console: Console, total: int):
+        self.console = console
+        self.total = total
+        self.done = 0
+        self.tokens = 0
+        self.start = time.perf_counter()
+        self.last_log = self.start
+        self.progress = None
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("prompts"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self.task = self.progress.add_task("prompts", total=total, rate="– tok/s")
+
+    def __enter__(self) -> BatchProgress:
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(kind, exc, tb)
+        elif kind is None and self.total:
+            self._log()
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.tokens / elapsed if elapsed > 0 else 0.0
+
+    def advance(self, tokens: int) -> None:
+        self.done += 1
+        self.tokens += tokens
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, rate=f"{self.rate():.1f} tok/s")
+        elif time.perf_counter() - self.last_log >= self.LOG_EVERY:
+            self._log()
+
+    def _log(self) -> None:
+        self.last_log = now = time.perf_counter()
+        per_prompt = (now - self.start) / self.done if self.done else 0.0
+        eta = per_prompt * (self.total - self.done)
+        say(self.console, f"{self.done}/{self.total} prompts · {self.rate():.1f} tok/s · ETA {eta:.0f} s")
+
+
+def split_answer(tokenizer: Any, result: GenerationResult, row: int = 0) -> tuple[str, str]:
+    """(thinking, answer) of one row, using the tokenizer's own thinking delimiters.
+
+    Without a tokenizer there is no text beyond what the result already holds.
+    """
+    if tokenizer is None:
+        return "", result.texts[row] if result.texts else ""
+    raw = tokenizer.decode(result.new_tokens[row], skip_special_tokens=False)
+    return tokenizer.split_thinking(raw)
+
+
+def budget_warning(max_new_tokens: int, how_to_raise: str) -> Text:
+    """Partial output must never look complete: said whenever a row stopped at the budget, not EOS."""
+    return Text(
+        f"⚠ stopped at the token budget ({max_new_tokens} new tokens) before the model finished: "
+        f"the answer may be cut short ({how_to_raise})",
+        style="yellow",
     )

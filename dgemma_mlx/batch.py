@@ -1,166 +1,397 @@
-"""Scripted batch generation: read prompts from a file, append each result the moment it completes.
+"""Scripted batch generation: prompts from a file in, one JSON line per result out, resumable.
 
-Input is JSONL (`{"id": ..., "prompt": ...}` or `{"id": ..., "messages": [...]}`, optional generation
-overrides per line) or plain text with one prompt per line (the id is the line number). Results are
-appended to the output as JSONL and flushed to disk per batch, so a killed run loses at most the batch
-in flight, and `resume` skips every id already written. Malformed lines are reported with their line
-numbers and never stop the rest.
+Input is JSONL (`{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}`, optionally with a
+`system` string and generation overrides named as in generation_config.json) or plain text with one
+prompt per line, whose id is its line number. Malformed lines become `BadLine`s carrying their line
+numbers; they never stop the rest.
+
+Rows that share a batch must share generation parameters, so requests are grouped by their
+overrides before being cut into batches of `batch_size`. Each result is written the moment its row
+finishes (a row that hits EOS early does not wait for the rest of its batch), as one whole line,
+flushed and fsynced: a killed run loses at most the rows still in flight, and `completed_ids` lets
+a rerun skip everything already written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
-from .api import generate
+import numpy as np
+
+from .api import prompt_to_ids, resolve_config, stream_generate
 from .errors import DGemmaError
+from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent
 from .generation_config import GenerationConfig
 
-OVERRIDE_KEYS = {f for f in GenerationConfig.__dataclass_fields__}
+OVERRIDE_KEYS = frozenset(f.name for f in fields(GenerationConfig))
+REQUEST_KEYS = frozenset({"id", "prompt", "messages", "system"})
+FORMATS = ("auto", "jsonl", "text")
 
 
 @dataclass(frozen=True)
 class Request:
-    id: str
-    prompt: Any  # text or chat messages
+    """One prompt to answer. `id` keeps its JSON type (int or str) for the output."""
+
+    id: Any
+    prompt: str | list[dict[str, Any]]
+    line: int
+    system: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def override_key(self) -> str:
-        return json.dumps(self.overrides, sort_keys=True)
+    @property
+    def key(self) -> str:
+        """How ids are compared for duplicates and resume: 7 and "7" are the same id."""
+        return id_key(self.id)
 
 
 @dataclass(frozen=True)
 class BadLine:
+    """An input line that cannot be run, and why."""
+
     line: int
     reason: str
+    id: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"line": self.line, "error": self.reason}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
 
 
-def parse_line(text: str, line_no: int, jsonl: bool) -> Request | BadLine | None:
-    text = text.strip()
-    if not text:
-        return None
-    if not jsonl:
-        return Request(id=str(line_no), prompt=text)
+@dataclass(frozen=True)
+class Job:
+    """A request rendered to token ids, with its final generation overrides."""
+
+    request: Request
+    ids: list[int]
+    overrides: dict[str, Any]
+
+    @property
+    def group(self) -> str:
+        return json.dumps(self.overrides, sort_keys=True)
+
+
+def id_key(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+def parse_json_line(text: str, line_no: int) -> Request | BadLine:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as e:
-        return BadLine(line_no, f"not valid JSON ({e.msg})")
+        return BadLine(line_no, f"not valid JSON ({e.msg} at column {e.colno})")
     if not isinstance(row, dict):
         return BadLine(line_no, "expected a JSON object")
-    if "id" not in row:
-        return BadLine(line_no, "missing 'id'")
-    has_prompt, has_messages = isinstance(row.get("prompt"), str), isinstance(row.get("messages"), list)
-    if has_prompt == has_messages:
-        return BadLine(line_no, "needs exactly one of 'prompt' (a string) or 'messages' (a list)")
-    unknown = sorted(set(row) - {"id", "prompt", "messages"} - OVERRIDE_KEYS)
+    rid = row.get("id")
+    if rid is None or isinstance(rid, bool) or not isinstance(rid, str | int):
+        return BadLine(line_no, "needs an 'id' (a string or an integer)")
+    prompt, messages = row.get("prompt"), row.get("messages")
+    if (prompt is None) == (messages is None):
+        return BadLine(line_no, "needs exactly one of 'prompt' or 'messages'", rid)
+    if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
+        return BadLine(line_no, "'prompt' must be a non-empty string", rid)
+    if messages is not None and (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages
+        )
+    ):
+        return BadLine(line_no, "'messages' must be a non-empty list of {role, content} objects", rid)
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        return BadLine(line_no, "'system' must be a string", rid)
+    unknown = sorted(set(row) - REQUEST_KEYS - OVERRIDE_KEYS)
     if unknown:
-        return BadLine(line_no, f"unknown field(s) {', '.join(unknown)}")
-    overrides = {k: v for k, v in row.items() if k in OVERRIDE_KEYS}
+        return BadLine(line_no, f"unknown field(s): {', '.join(unknown)}", rid)
+    overrides = {k: v for k, v in row.items() if k in OVERRIDE_KEYS and v is not None}
     try:
         GenerationConfig().replace(**overrides)
-    except DGemmaError as e:
-        return BadLine(line_no, str(e))
-    prompt = row["prompt"] if has_prompt else row["messages"]
-    return Request(id=str(row["id"]), prompt=prompt, overrides=overrides)
+    except (DGemmaError, TypeError) as e:
+        return BadLine(line_no, str(e), rid)
+    return Request(rid, prompt if prompt is not None else messages, line_no, system, overrides)
 
 
-def read_requests(path: Path) -> Iterator[Request | BadLine]:
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DGemmaError(f"{path}: no such input file") from None
-    except UnicodeDecodeError:
-        raise DGemmaError(f"{path}: not a UTF-8 text file") from None
-    jsonl = path.suffix == ".jsonl" or (bool(lines) and lines[0].lstrip().startswith("{"))
-    seen: set[str] = set()
-    for number, text in enumerate(lines, start=1):
-        item = parse_line(text, number, jsonl)
+def detect_format(lines: list[str], name: str) -> str:
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    first = next((line for line in lines if line.strip()), "")
+    return "jsonl" if first.lstrip().startswith("{") else "text"
+
+
+def read_requests(source: Path | IO[str], fmt: str = "auto") -> tuple[list[Request], list[BadLine]]:
+    """Every runnable request, and every line that is not, in file order.
+
+    `source` is a path, or an open text stream (`-` on the command line is stdin). Blank lines are
+    skipped; a repeated id is a bad line pointing at the first one.
+    """
+    if fmt not in FORMATS:
+        raise DGemmaError(f"unknown input format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if isinstance(source, Path):
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DGemmaError(f"{source}: no such input file") from None
+        except IsADirectoryError:
+            raise DGemmaError(f"{source}: is a directory, not an input file") from None
+        except UnicodeDecodeError:
+            raise DGemmaError(f"{source}: not a UTF-8 text file") from None
+        name = source.name
+    else:
+        text, name = source.read(), "-"
+    lines = text.splitlines()
+    if fmt == "auto":
+        fmt = detect_format(lines, name)
+    requests: list[Request] = []
+    bad: list[BadLine] = []
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        item = parse_json_line(raw, number) if fmt == "jsonl" else Request(number, raw.strip(), number)
         if isinstance(item, Request):
-            if item.id in seen:
-                item = BadLine(number, f"duplicate id {item.id!r}")
+            if item.key in first_line:
+                item = BadLine(number, f"duplicate id {item.id!r} (first on line {first_line[item.key]})")
             else:
-                seen.add(item.id)
-        if item is not None:
-            yield item
+                first_line[item.key] = number
+        (requests if isinstance(item, Request) else bad).append(item)  # type: ignore[arg-type]
+    return requests, bad
+
+
+# -- the output file ---------------------------------------------------------------------------------
+def repair_tail(out: Path) -> bool:
+    """Cut a torn last line (the process died mid-write); returns whether anything was cut."""
+    if not out.exists():
+        return False
+    with out.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        keep = 0
+        chunk = 65536
+        pos = size
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            data = f.read(pos - start)
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 def completed_ids(out: Path) -> set[str]:
-    """Ids already in the output; a torn last line (killed mid-write) is ignored and rewritten."""
+    """Ids already written to `out` (as `Request.key`); lines that are not results are ignored."""
     if not out.exists():
         return set()
     done = set()
-    for text in out.read_text().splitlines():
-        try:
-            done.add(str(json.loads(text)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
+    with out.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "id" in row:
+                done.add(id_key(row["id"]))
     return done
 
 
-def batches(requests: Iterable[Request], size: int) -> Iterator[list[Request]]:
-    """Consecutive requests sharing generation overrides, at most `size` at a time."""
-    current: list[Request] = []
-    for request in requests:
-        if current and (len(current) == size or current[0].override_key() != request.override_key()):
-            yield current
-            current = []
-        current.append(request)
-    if current:
-        yield current
+class ResultWriter:
+    """Appends one JSON line per result, flushed and fsynced, so the file only ever holds whole results."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file: IO[str] | None = None
+        self.written = 0
+
+    def __enter__(self) -> ResultWriter:
+        repair_tail(self.path)
+        self.file = self.path.open("a", encoding="utf-8")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        assert self.file is not None, "use ResultWriter as a context manager"
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.written += 1
 
 
-def append_results(out: Path, rows: list[dict]) -> None:
-    """Whole lines only, flushed and fsynced, so what is on disk is always complete results."""
-    with out.open("a", encoding="utf-8") as f:
-        if f.tell() > 0:
-            with out.open("rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
-                    f.write("\n")  # a torn line from a killed run: start clean
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def write_errors(path: Path, bad: list[BadLine]) -> None:
+    """The errors file: one JSON object per bad line; removed when a run has none (it is ours)."""
+    if not bad:
+        if path.exists():
+            path.unlink()
+        return
+    path.write_text("".join(json.dumps(b.to_dict(), ensure_ascii=False) + "\n" for b in bad))
 
 
-def run_batch(
-    model,
-    tokenizer,
-    requests: list[Request],
-    out: Path,
+def errors_path_for(out: Path) -> Path:
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{stem}.errors.jsonl")
+
+
+# -- preparing and batching --------------------------------------------------------------------------
+def prepare(
+    model: Any,
+    tokenizer: Any,
+    requests: Iterable[Request],
+    base_overrides: dict[str, Any] | None = None,
+    chat_template: bool = True,
+    system: str | None = None,
+) -> tuple[list[Job], list[BadLine]]:
+    """Render every prompt and validate its parameters against the model, before any generation.
+
+    A template that rejects a conversation, or overrides that clash with the checkpoint's defaults
+    (t_min above its t_max), make a bad line rather than failing a whole batch later.
+    """
+    jobs, bad = [], []
+    base = resolve_config(model, tokenizer)
+    for r in requests:
+        overrides = {**(base_overrides or {}), **r.overrides}
+        try:
+            base.replace(**overrides)
+            ids = prompt_to_ids(tokenizer, [r.prompt], chat_template, r.system or system)[0]
+        except DGemmaError as e:
+            bad.append(BadLine(r.line, str(e), r.id))
+            continue
+        jobs.append(Job(r, ids, overrides))
+    return jobs, bad
+
+
+def plan_batches(jobs: Iterable[Job], size: int) -> list[list[Job]]:
+    """Batches of at most `size` jobs with identical overrides, groups in order of first appearance."""
+    if size < 1:
+        raise DGemmaError("batch size must be at least 1")
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.group, []).append(job)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+class RowTracker:
+    """Per-row results from the event stream, so a row can be written the moment it finishes.
+
+    Mirrors the engine's accounting: a pass counts for a row unless the row had already stopped
+    denoising on this canvas or finished (EOS) on an earlier one.
+    """
+
+    def __init__(self, batch: int, config: GenerationConfig):
+        self.pad = config.pad_token_id
+        self.eos = set(config.eos_token_id or ())
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.passes = np.zeros(batch, dtype=np.int64)
+        self.stopped = np.zeros(batch, dtype=bool)
+        self.emitted = np.zeros(batch, dtype=bool)
+
+    def on_pass(self, event: PassEvent) -> None:
+        if event.pass_index == 1:
+            self.stopped[:] = False
+        self.passes += ~(self.stopped | event.finished)
+        self.stopped = event.done.copy()
+
+    def on_canvas(self, event: CanvasEvent) -> list[int]:
+        """Rows that finished with this canvas and can be written now (needs a pad id to be final)."""
+        for b, row in enumerate(event.tokens.tolist()):
+            self.tokens[b].extend(int(t) for t in row)
+        if self.pad is None:
+            return []
+        return [int(b) for b in np.flatnonzero(event.finished & ~self.emitted)]
+
+    def new_tokens(self, b: int) -> list[int]:
+        row = self.tokens[b]
+        for i, t in enumerate(row):
+            if t in self.eos:
+                return row[: i + 1]
+        return row
+
+    def row(self, b: int, tokenizer: Any) -> dict[str, Any]:
+        self.emitted[b] = True
+        generated = sum(1 for t in self.tokens[b] if t != self.pad)
+        passes = int(self.passes[b])
+        ids = self.new_tokens(b)
+        return {
+            "text": tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else "",
+            "finished": True,
+            "tokens": ids,
+            "generated_tokens": generated,
+            "passes": passes,
+            "tokens_per_forward": generated / passes if passes else 0.0,
+        }
+
+
+def result_row(result: GenerationResult, b: int) -> dict[str, Any]:
+    stats = result.stats
+    return {
+        "text": result.texts[b] if result.texts else "",
+        "finished": result.finished[b],
+        "tokens": result.new_tokens[b],
+        "generated_tokens": stats.generated_tokens[b],
+        "passes": stats.passes[b],
+        "tokens_per_forward": stats.tokens_per_forward[b],
+    }
+
+
+def generate_batch(model: Any, tokenizer: Any, batch: list[Job], seed: int | None = None) -> Iterator[dict]:
+    """Generate one batch, yielding each row's result dict (with its `id`) as soon as it is final."""
+    overrides = batch[0].overrides
+    config = resolve_config(model, tokenizer, None, **overrides)
+    tracker = RowTracker(len(batch), config)
+    events = stream_generate(model, tokenizer, [job.ids for job in batch], seed=seed, **overrides)
+    for event in events:
+        if isinstance(event, PassEvent):
+            tracker.on_pass(event)
+        elif isinstance(event, CanvasEvent):
+            for b in tracker.on_canvas(event):
+                yield {"id": batch[b].request.id, **tracker.row(b, tokenizer)}
+        elif isinstance(event, FinishEvent):
+            for b in np.flatnonzero(~tracker.emitted):
+                tracker.emitted[b] = True
+                yield {"id": batch[int(b)].request.id, **result_row(event.result, int(b))}
+
+
+def run_batches(
+    model: Any,
+    tokenizer: Any,
+    jobs: list[Job],
+    writer: ResultWriter,
     batch_size: int = 4,
     seed: int | None = None,
-    on_done: Callable[[list[dict]], None] | None = None,
-) -> int:
-    """Generate every request, appending results to `out` per batch; returns how many were written."""
-    written = 0
-    for k, group in enumerate(batches(requests, batch_size)):
-        result = generate(
-            model,
-            tokenizer,
-            [r.prompt for r in group],
-            seed=None if seed is None else seed + k,
-            **group[0].overrides,
-        )
-        rows = []
-        for i, request in enumerate(group):
-            stats = result.stats
-            rows.append(
-                {
-                    "id": request.id,
-                    "text": result.texts[i] if result.texts else "",
-                    "tokens": result.new_tokens[i],
-                    "finished": result.finished[i],
-                    "passes": stats.passes[i],
-                    "tokens_per_forward": stats.tokens_per_forward[i],
-                }
-            )
-        append_results(out, rows)
-        written += len(rows)
-        if on_done is not None:
-            on_done(rows)
-    return written
+) -> Iterator[dict[str, Any]]:
+    """Generate every job, writing each result as it completes; yields the written rows."""
+    for k, batch in enumerate(plan_batches(jobs, batch_size)):
+        for row in generate_batch(model, tokenizer, batch, None if seed is None else seed + k):
+            writer.write(row)
+            yield row
+
+
+def open_input(name: str) -> Path | IO[str]:
+    """`-` is stdin; anything else a path."""
+    return sys.stdin if name == "-" else Path(name).expanduser()

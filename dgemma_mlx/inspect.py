@@ -1,36 +1,124 @@
-"""A model directory at a glance, without loading its weights (headers and config only)."""
+"""A model directory at a glance, without loading its weights (config and safetensors headers only).
+
+`dgemma info` prints `format_summary(summarize(path))`; `--json` prints the dict itself. Reading
+headers rather than weights keeps this instant even for a 50 GB checkpoint, and still catches a
+truncated shard.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
-from .config import FULL, ModelConfig, estimate_runtime_bytes, parameter_counts
+from .config import ModelConfig, estimate_runtime_bytes, parameter_counts
+from .generation_config import GenerationConfig
 from .loading import resolve_model_path, safetensors_header, weight_files
+from .tokenizer import has_tokenizer
+
+CONTEXT_FOR_ESTIMATE = 4096
 
 
-def describe(path_or_repo: str | Path) -> str:
+def has_chat_template(model_dir: Path) -> bool:
+    """A chat_template.jinja, or a template inside tokenizer_config.json (older checkpoints)."""
+    if (model_dir / "chat_template.jinja").exists():
+        return True
+    try:
+        return "chat_template" in json.loads((model_dir / "tokenizer_config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def summarize(path_or_repo: str | Path) -> dict[str, Any]:
+    """Geometry, parameter counts, quantization, size on disk and a memory estimate, as plain data."""
     model_dir = resolve_model_path(path_or_repo)
     config = ModelConfig.from_file(model_dir / "config.json")
     t = config.text
-    files = weight_files(model_dir)
+    files = list(weight_files(model_dir))
     for f in files:
-        safetensors_header(f)
+        safetensors_header(f)  # raises on a truncated or corrupt shard
     size = sum(f.stat().st_size for f in files)
     counts = parameter_counts(t)
-    q = config.quantization
-    quant = f"{q.get('bits')}-bit {q.get('mode', 'affine')}, group {q.get('group_size')}" if q else "none"
-    runtime = estimate_runtime_bytes(t, config.canvas_length, context=4096)
-    full = [i for i, lt in enumerate(t.layer_types) if lt == FULL]
-    lines = [
-        f"model       {model_dir}",
-        f"geometry    {t.num_hidden_layers} layers (full attention at {full}), hidden {t.hidden_size}, "
-        f"{t.num_attention_heads} heads, vocab {t.vocab_size}",
-        f"experts     {t.num_experts} x {t.moe_intermediate_size}, top-{t.top_k_experts}, "
-        f"dense MLP {t.intermediate_size}",
-        f"canvas      {config.canvas_length} tokens, sliding window {t.sliding_window}",
-        f"parameters  {counts['total'] / 1e9:.3f}B total, {counts['active'] / 1e9:.3f}B active per token",
-        f"quantized   {quant}",
-        f"on disk     {size / 1e9:.2f} GB in {len(files)} file(s)",
-        f"memory      ~{(size + runtime) / 1e9:.2f} GB (weights + working set at a 4k context)",
+    runtime = estimate_runtime_bytes(t, config.canvas_length, context=CONTEXT_FOR_ESTIMATE)
+    q = config.quantization or None
+    return {
+        "model_dir": str(model_dir),
+        "layers": t.num_hidden_layers,
+        "full_attention_layers": list(t.full_layers),
+        "hidden_size": t.hidden_size,
+        "attention_heads": t.num_attention_heads,
+        "head_dims": sorted(set(t.head_dims)),
+        "vocab_size": t.vocab_size,
+        "experts": t.num_experts,
+        "experts_per_token": t.top_k_experts,
+        "expert_size": t.moe_intermediate_size,
+        "dense_mlp_size": t.intermediate_size,
+        "canvas_length": config.canvas_length,
+        "sliding_window": t.sliding_window,
+        "parameters_total": counts["total"],
+        "parameters_active": counts["active"],
+        "quantization": q,
+        "weight_files": len(files),
+        "size_on_disk_bytes": size,
+        "estimated_memory_bytes": size + runtime,
+        "tokenizer": has_tokenizer(model_dir),
+        "chat_template": has_chat_template(model_dir),
+        "generation": GenerationConfig.from_model_dir(model_dir).to_dict(),
+    }
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    q = s["quantization"]
+    quant = "none"
+    if q:
+        quant = f"{q.get('bits')}-bit {q.get('mode', 'affine')}, group size {q.get('group_size')}"
+    g = s["generation"]
+    tokenizer = ("yes" if s["tokenizer"] else "none") + (", chat template" if s["chat_template"] else "")
+    rows = [
+        ("model", s["model_dir"]),
+        (
+            "geometry",
+            f"{s['layers']} layers (full attention at {s['full_attention_layers']}), "
+            f"hidden {s['hidden_size']}, "
+            f"{s['attention_heads']} heads (dims {s['head_dims']}), vocab {s['vocab_size']}",
+        ),
+        (
+            "experts",
+            f"{s['experts']} x {s['expert_size']}, top-{s['experts_per_token']} per token, "
+            f"dense MLP {s['dense_mlp_size']}",
+        ),
+        ("canvas", f"{s['canvas_length']} tokens, sliding window {s['sliding_window']}"),
+        (
+            "parameters",
+            f"{human_count(s['parameters_total'])} total, "
+            f"{human_count(s['parameters_active'])} active per token",
+        ),
+        ("quantized", quant),
+        ("on disk", f"{human_bytes(s['size_on_disk_bytes'])} in {s['weight_files']} file(s)"),
+        (
+            "memory",
+            f"~{human_bytes(s['estimated_memory_bytes'])} "
+            f"(weights + working set at a {CONTEXT_FOR_ESTIMATE // 1024}k-token context)",
+        ),
+        ("tokenizer", tokenizer),
+        (
+            "defaults",
+            f"max_new_tokens {g['max_new_tokens']}, steps {g['max_denoising_steps']}, "
+            f"entropy_bound {g['entropy_bound']}, T {g['t_max']}→{g['t_min']}",
+        ),
     ]
-    return "\n".join(lines)
+    return "\n".join(f"{name:<11s} {value}" for name, value in rows)

@@ -1,0 +1,84 @@
+"""The bundled Sudoku DiffusionGemma: loads like any model, solves puzzles through the unmodified sampler."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from dgemma_mlx import load
+from dgemma_mlx.cli.app import app
+from dgemma_mlx.sudoku.puzzles import format_puzzle, generate_batch, is_valid_solution
+from dgemma_mlx.sudoku.solver_model import ASSETS, solve_grid
+
+EASY_SEED, EASY_COUNT = 4242, 8  # a fixed set: the first 8 easy puzzles of this seed, not hand-picked
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load(ASSETS)
+
+
+def test_bundled_checkpoint_is_a_small_real_diffusiongemma(bundled):
+    model, tokenizer = bundled
+    assert model.config.raw["model_type"] == "diffusion_gemma"
+    assert model.text.num_experts > 1 and model.text.top_k_experts > 1  # MoE included
+    assert model.canvas_length == 81
+    size = sum(f.stat().st_size for f in ASSETS.iterdir())
+    assert size < 20e6
+    assert tokenizer is not None and tokenizer.decode([6, 7, 8]) == "123"
+
+
+def test_bundled_model_runs_the_whole_path_on_a_fixed_set_of_easy_puzzles(bundled):
+    """Encoder cache, MoE decoder, self-conditioning and the unmodified sampler, givens pinned.
+
+    The shipped model does not solve puzzles reliably yet (issue #5 stays open), so this checks the path
+    and reports the solve count instead of asserting it.
+    """
+    model, _ = bundled
+    puzzles = generate_batch(EASY_SEED, "easy", EASY_COUNT)
+    results = [solve_grid(model, p.puzzle, seed=k) for k, p in enumerate(puzzles)]
+    for p, r in zip(puzzles, results, strict=True):
+        assert all(r.solution[i] == v for i, v in enumerate(p.puzzle) if v)  # givens were pinned
+        assert all(1 <= v <= 9 for v in r.solution)  # a full grid of digits came back
+        assert 1 <= r.passes <= 48
+        assert r.valid == is_valid_solution(r.solution, p.puzzle)
+    again = solve_grid(model, puzzles[0].puzzle, seed=0)
+    assert again == results[0]  # reproducible by seed
+    print(
+        f"\nbundled model solved {sum(r.valid for r in results)}/{EASY_COUNT} easy puzzles (seed {EASY_SEED})"
+    )
+
+
+def test_sudoku_json_command():
+    result = CliRunner().invoke(app, ["sudoku", "--json", "--count", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row) == {"puzzle", "solution", "valid", "passes"}
+        assert len(row["puzzle"]) == 81 and len(row["solution"]) == 81
+        solution = [int(c) if c != "." else 0 for c in row["solution"]]
+        puzzle = [int(c) if c != "." else 0 for c in row["puzzle"]]
+        assert row["valid"] == is_valid_solution(solution, puzzle)
+
+
+def test_sudoku_solves_a_given_puzzle_in_plain_text():
+    p = generate_batch(99, "easy", 1)[0]
+    result = CliRunner().invoke(app, ["demo", "--puzzle", format_puzzle(p.puzzle), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "model's answer" in result.stdout and "passes" in result.stdout
+    assert "\x1b[" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        ("123", "puzzle has 3 cells, expected 81"),
+        ("x" * 81, "bad character 'x' at cell 1"),
+        ("11" + "." * 79, "digit 1 appears twice in row 1"),
+    ],
+)
+def test_invalid_puzzles_are_one_line_errors(puzzle, message):
+    result = CliRunner().invoke(app, ["sudoku", "--puzzle", puzzle])
+    assert result.exit_code == 1
+    assert message in result.stderr and "Traceback" not in result.output
