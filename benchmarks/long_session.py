@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 
 from dgemma_mlx import generate, load
 from dgemma_mlx.events import FinishEvent
@@ -72,7 +73,10 @@ def report(name: str, rows: list[tuple[float, float, float, float]]) -> None:
             f"peak {peak:8.2f} MB  held after {held:8.2f} MB"
         )
     ratio = statistics.median(r[0] for r in rows[-5:]) / statistics.median(r[0] for r in rows[:5])
-    print(f"  last/first time ratio {ratio:.2f}")
+    # a slope over all generations is robust to a busy machine's one-off spikes, unlike 5 vs 5
+    slope = float(np.polyfit(np.arange(len(rows)), [r[0] * 1e3 for r in rows], 1)[0])
+    typical = statistics.median(r[0] * 1e3 for r in rows)
+    print(f"  last/first time ratio {ratio:.2f}; trend {slope:+.2f} ms/generation (median {typical:.1f} ms)")
 
 
 def main() -> None:

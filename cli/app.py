@@ -8,6 +8,7 @@ error (one red line, no traceback), 2 usage error, 130 interrupted.
 from __future__ import annotations
 
 import json
+from enum import Enum
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -43,6 +44,14 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+class InputFormat(str, Enum):
+    """`auto`: JSONL when the file ends in .jsonl or its first line starts with `{`."""
+
+    auto = "auto"
+    jsonl = "jsonl"
+    text = "text"
 
 
 def _version(value: bool) -> None:
@@ -162,7 +171,7 @@ def batch(
     model: str | None = model_option(),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Prompts generated together."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT: skip ids already in it."),
-    input_format: str = typer.Option("auto", "--format", help="auto, jsonl or text."),
+    input_format: InputFormat = typer.Option(InputFormat.auto, "--format", help="Input format."),
     errors: Path | None = typer.Option(
         None, "--errors", help="Where malformed lines are listed [default: OUT with .errors.jsonl]."
     ),
@@ -186,7 +195,7 @@ def batch(
 
         from .view import BatchProgress
 
-        requests, bad = lib.read_requests(lib.open_input(input_name), input_format)
+        requests, bad = lib.read_requests(lib.open_input(input_name), input_format.value)
         output = output.expanduser()
         if output.exists() and output.stat().st_size > 0 and not resume:
             raise DGemmaError(f"{output} already has results: pass --resume to continue it, or remove it")

@@ -166,7 +166,8 @@ class LiveView:
         self.title = title
         self.tokenizer = tokenizer
         self.pieces = Pieces(tokenizer)
-        self.live = Live(console=console, auto_refresh=False, transient=True)
+        # stdout is reserved for the answer: never reroute it; stray stderr lines print above the view.
+        self.live = Live(console=console, auto_refresh=False, transient=True, redirect_stdout=False)
         self.committed_ids: list[int] = []
         self.committed_text = ""
         self.committed_tokens = 0
@@ -229,17 +230,11 @@ class LiveView:
         return Text.assemble(*parts)
 
     def canvas(self, event: PassEvent) -> Text:
-        text = Text()
-        separator = ""
+        """The draft (what would be committed now), each position styled by its state and confidence."""
         pieces = self.pieces(event.draft[0])
-        sep = self.pieces.separator or ""
-        for piece, acc, ch, conf in zip(
-            pieces, event.accepted[0], event.changed[0], event.confidence[0], strict=True
-        ):
-            text.append(separator)
-            text.append(piece, style=position_style(bool(acc), bool(ch), float(conf)))
-            separator = sep
-        return text
+        states = zip(pieces, event.accepted[0], event.changed[0], event.confidence[0], strict=True)
+        styled = [Text(piece, style=position_style(bool(a), bool(c), float(p))) for piece, a, c, p in states]
+        return Text(self.pieces.separator or "").join(styled)
 
     @staticmethod
     def legend() -> Text:

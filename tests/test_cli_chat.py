@@ -13,11 +13,14 @@ import subprocess
 import sys
 import time
 
+import mlx.core as mx
 import pytest
 from tiny_chat_model import make_tiny_chat_model
 from typer.testing import CliRunner
 
+from dgemma_mlx import load
 from dgemma_mlx.cli.app import app
+from dgemma_mlx.session import ChatSession
 from dgemma_mlx.tokenizer import load_tokenizer
 
 ANSI = re.compile(r"\x1b[\[\]]")
@@ -75,76 +78,111 @@ def test_chat_options_and_thinking(model_dir, tmp_path):
     assert json.loads(saved.read_text())["enable_thinking"] is True
 
 
-# -- a real terminal -------------------------------------------------------------------------------
-@pytest.fixture()
-def tmux(tmp_path):
-    assert shutil.which("tmux"), "tmux is required for the real-terminal chat test: apt-get install -y tmux"
-    name = f"dgemma-chat-{os.getpid()}"
-    socket = str(tmp_path / "tmux.sock")  # a private server: never touches the user's tmux
+def test_memory_stays_flat_over_many_turns(tmp_path):
+    """The `dgemma chat` path over 30 turns: what MLX holds after turn k of a conversation is the same
+    in the tenth conversation as in the first (a leak would grow it; benchmarks/long_session.py
+    reports the timings)."""
+    # fixed work per turn: no EOS, no early stopping
+    fixed = make_tiny_chat_model(tmp_path / "fixed", eos_token_id=[], stability_threshold=None)
+    model, tokenizer = load(fixed)
+    session = ChatSession(model, tokenizer, seed=0)
+    held = []
+    for turn in range(30):
+        if turn % 3 == 0:
+            session.reset()
+        session.ask(f"question {turn} tell me a story")
+        held.append(mx.get_active_memory() + mx.get_cache_memory())
+    for k in range(3):
+        same_turn = held[k::3]
+        assert max(same_turn) <= 1.1 * same_turn[0], held
 
-    def run(*args, check=True):
-        return subprocess.run(["tmux", "-S", socket, *args], capture_output=True, text=True, check=check)
 
-    yield name, run
-    run("kill-server", check=False)
+# -- a real terminal ---------------------------------------------------------------------------------
+DGEMMA_SHELL = f"{shlex.quote(sys.executable)} -c 'from dgemma_mlx.cli.app import main; main()'"
 
 
-def test_chat_in_a_real_terminal_two_turns_then_ctrl_c(model_dir, tmp_path, tmux):
-    name, tm = tmux
-    saved = tmp_path / "chat.json"
-    env = f"HOME={shlex.quote(str(tmp_path))} DGEMMA_MODEL={shlex.quote(str(model_dir))}"
-    dgemma = f"{shlex.quote(sys.executable)} -c 'from dgemma_mlx.cli.app import main; main()'"
-    tm(
-        "new-session",
-        "-d",
-        "-s",
-        name,
-        "-x",
-        "100",
-        "-y",
-        "40",
-        f"{env} {dgemma} chat --seed 0; echo EXIT=$?; sleep 60",
-    )
+class Tmux:
+    """One command in a detached tmux window on a private server: type keys, read the screen."""
 
-    def screen():
-        return tm("capture-pane", "-p", "-t", name).stdout
+    def __init__(self, tmp_path):
+        assert shutil.which("tmux"), "tmux is required for the real-terminal tests: apt-get install -y tmux"
+        self.socket = str(tmp_path / "tmux.sock")  # never touches the user's own tmux server
+        self.name = f"dgemma-{os.getpid()}"
 
-    def wait_for(predicate, what, timeout=60):
+    def tmux(self, *args, check=True):
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=check)
+
+    def start(self, command, width=100, height=40):
+        # the shell reports the exit status and keeps the window open for a last look
+        shell = f"{command}; echo EXIT=$?; sleep 60"
+        self.tmux("new-session", "-d", "-s", self.name, "-x", str(width), "-y", str(height), shell)
+
+    def screen(self):
+        return self.tmux("capture-pane", "-p", "-t", self.name).stdout
+
+    def send(self, *keys):
+        self.tmux("send-keys", "-t", self.name, *keys)
+
+    def wait_for(self, predicate, what, timeout=60):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            text = screen()
+            text = self.screen()
             if predicate(text):
                 return text
             time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; screen:\n{screen()}")
+        raise AssertionError(f"timed out waiting for {what}; screen:\n{self.screen()}")
 
-    def at_prompt(text):
-        return text.rstrip().endswith("you>")
+    def close(self):
+        self.tmux("kill-server", check=False)
 
-    def send(*keys):
-        tm("send-keys", "-t", name, *keys)
 
-    wait_for(lambda s: "dgemma chat" in s and at_prompt(s), "the banner and prompt")
-    send("Hello there", "Enter")
-    wait_for(lambda s: s.count("dgemma>") == 1 and at_prompt(s), "answer 1")
-    send("How are you?", "Enter")
-    wait_for(lambda s: s.count("dgemma>") == 2 and at_prompt(s), "answer 2")
+@pytest.fixture()
+def term(tmp_path):
+    t = Tmux(tmp_path)
+    yield t
+    t.close()
+
+
+def at_prompt(text):
+    return text.rstrip().endswith("you>")
+
+
+def test_chat_in_a_real_terminal_two_turns_then_ctrl_c(model_dir, tmp_path, term):
+    saved = tmp_path / "chat.json"
+    env = f"HOME={shlex.quote(str(tmp_path))} DGEMMA_MODEL={shlex.quote(str(model_dir))}"
+    term.start(f"{env} {DGEMMA_SHELL} chat --seed 0")
+    term.wait_for(lambda s: "dgemma chat" in s and at_prompt(s), "the banner and prompt")
+    term.send("Hello there", "Enter")
+    term.wait_for(lambda s: s.count("dgemma>") == 1 and at_prompt(s), "answer 1")
+    term.send("How are you?", "Enter")
+    term.wait_for(lambda s: s.count("dgemma>") == 2 and at_prompt(s), "answer 2")
     # a third answer that would run for minutes (no EOS, huge budget): interrupt it mid-generation
-    send("/params max_tokens=100000 steps=48 eos_token_id=none stability_threshold=none", "Enter")
-    wait_for(lambda s: "max_new_tokens = 100000" in s and at_prompt(s), "the new parameters")
-    send("Tell me everything", "Enter")
-    live = wait_for(lambda s: re.search(r"canvas \d+ · pass \d+/48", s), "the live view")
+    term.send("/params max_tokens=100000 steps=48 eos_token_id=none stability_threshold=none", "Enter")
+    term.wait_for(lambda s: "max_new_tokens = 100000" in s and at_prompt(s), "the new parameters")
+    term.send("Tell me everything", "Enter")
+    live = term.wait_for(lambda s: re.search(r"canvas \d+ · pass \d+/48", s), "the live view")
     assert "accepted" in live and "still noise" in live  # header and legend of the live canvas
-    send("C-c")
-    after = wait_for(lambda s: "answer interrupted" in s and at_prompt(s), "the interrupt")
+    term.send("C-c")
+    after = term.wait_for(lambda s: "answer interrupted" in s and at_prompt(s), "the interrupt")
     assert after.count("dgemma>") == 2  # no partial third answer shown as if complete
-    send("Up")  # readline history: the interrupted question comes back
-    wait_for(lambda s: s.rstrip().endswith("you> Tell me everything"), "history recall")
-    send("C-u")
-    send(f"/save {saved}", "Enter")
-    wait_for(lambda s: "saved 4 messages" in s, "the save")
+    assert not re.search(r"pass \d+/48", after) and "still noise" not in after  # the view cleared itself
+    term.send("Up")  # readline history: the interrupted question comes back
+    term.wait_for(lambda s: s.rstrip().endswith("you> Tell me everything"), "history recall")
+    term.send("C-u")
+    term.send(f"/save {saved}", "Enter")
+    term.wait_for(lambda s: "saved 4 messages" in s, "the save")
     messages = json.loads(saved.read_text())["messages"]
     assert [m["content"] for m in messages[::2]] == ["Hello there", "How are you?"]
-    send("C-d")
-    wait_for(lambda s: "EXIT=0" in s, "a clean exit on Ctrl-D", timeout=30)
+    term.send("C-d")
+    term.wait_for(lambda s: "EXIT=0" in s, "a clean exit on Ctrl-D", timeout=30)
     assert "Hello there" in (tmp_path / ".dgemma_history").read_text()
+
+
+def test_generate_in_a_real_terminal_with_stdout_redirected(model_dir, tmp_path, term):
+    """`dgemma generate -p ... > out.txt`: the view and stats on the terminal, only the answer in the file."""
+    out = tmp_path / "out.txt"
+    term.start(f"{DGEMMA_SHELL} generate -m {shlex.quote(str(model_dir))} -p 'Tell me a story' > {out}", 60)
+    screen = term.wait_for(lambda s: "EXIT=" in s, "the end of the run")
+    assert "EXIT=0" in screen and "tokens/forward" in screen and "peak memory" in screen
+    answer = out.read_text()
+    assert answer.strip() and answer.count("\n") == 1 and "\x1b" not in answer

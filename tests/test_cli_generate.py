@@ -138,6 +138,7 @@ def test_user_errors_exit_1(run):
         (["generate", "-p", "x", "--view", "fancy"], None),
         (["no-such-command"], None),
         (["batch"], None),
+        (["batch", "in.txt", "-o", "out.jsonl", "--format", "yaml"], None),
     ],
 )
 def test_usage_errors_exit_2(run, argv, stdin):
