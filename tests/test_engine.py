@@ -3,30 +3,13 @@
 import mlx.core as mx
 import numpy as np
 import pytest
+from tiny_models import CHAT_CONFIG
 
 from dgemma_mlx import CanvasEvent, DGemmaError, FinishEvent, PassEvent, generate, stream_generate
 from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.model import Model
 
-TINY = {
-    "model_type": "diffusion_gemma",
-    "canvas_length": 8,
-    "text_config": {
-        "vocab_size": 64,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "moe_intermediate_size": 16,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "global_head_dim": 16,
-        "num_global_key_value_heads": 1,
-        "num_experts": 4,
-        "top_k_experts": 2,
-        "sliding_window": 4,
-    },
-}
+TINY = {**CHAT_CONFIG, "text_config": {**CHAT_CONFIG["text_config"], "vocab_size": 64}}
 FAST = {"max_denoising_steps": 6, "eos_token_id": [1], "pad_token_id": 0}
 
 
