@@ -172,19 +172,11 @@ def load_model(
     return model, model_dir
 
 
-def has_tokenizer(model_dir: Path) -> bool:
-    return any(
-        (model_dir / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
-    )
-
-
 def load(path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False):
     """Load a DiffusionGemma checkpoint: returns (model, tokenizer); tokenizer is None if none ships."""
-    model, model_dir = load_model(path_or_repo, dtype=dtype, lazy=lazy)
-    tokenizer = None
-    if has_tokenizer(model_dir):
-        from .tokenizer import load_tokenizer
+    from .tokenizer import has_tokenizer, load_tokenizer
 
-        tokenizer = load_tokenizer(model_dir)
+    model, model_dir = load_model(path_or_repo, dtype=dtype, lazy=lazy)
+    tokenizer = load_tokenizer(model_dir) if has_tokenizer(model_dir) else None
     model.model_dir = model_dir
     return model, tokenizer
