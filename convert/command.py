@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.quantization import DEFAULT_RECIPE, MODES, RECIPES
+from dgemma_mlx.quantization import BITS, DEFAULT_RECIPE, GROUP_SIZES, MODES, RECIPES
 
-from .output import check_destination, convert_checkpoint, required_bytes
-from .plan import BITS, GROUP_SIZES, ConvertOptions, build_plan, fmt_bytes, recipe_sizes, report
-from .progress import byte_progress
-from .source import open_source
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 def convert_command(
@@ -49,6 +48,12 @@ def convert_command(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it already exists."),
 ) -> None:
     """Convert a Hugging Face DiffusionGemma checkpoint to MLX (4-bit by default), in bounded memory."""
+    # The pipeline imports MLX and mlx-lm: only a conversion pays for that, not `dgemma --help`.
+    from .output import convert_checkpoint
+    from .plan import ConvertOptions, build_plan, fmt_bytes, recipe_sizes, report
+    from .progress import byte_progress
+    from .source import open_source
+
     out, err = Console(), Console(stderr=True)
     try:
         options = ConvertOptions.resolve(bits, group_size, mode, dtype, not no_quantize, recipe)
@@ -74,8 +79,11 @@ def convert_command(
         raise typer.Exit(130) from None
 
 
-def _destination_notes(plan, output: Path, force: bool) -> list[str]:
+def _destination_notes(plan: Plan, output: Path, force: bool) -> list[str]:
     """What a real run would say about OUT, without writing anything."""
+    from .output import check_destination, required_bytes
+    from .plan import fmt_bytes
+
     output = Path(output).expanduser()
     need = required_bytes(plan)
     notes = []

@@ -23,7 +23,9 @@ from mlx.utils import tree_flatten
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.model import Model
 from dgemma_mlx.quantization import (
+    BITS,
     DEFAULT_RECIPE,
+    GROUP_SIZES,
     MODE_FIXED,
     MODES,
     RECIPES,
@@ -37,8 +39,6 @@ from .source import SourceCheckpoint, SourceTensor
 if TYPE_CHECKING:
     from rich.console import Console
 
-BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
 OUT_DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": "float32", "f32": "float32"}
 SOURCE_MX_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}

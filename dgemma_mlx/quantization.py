@@ -16,6 +16,8 @@ import mlx.nn as nn
 from .errors import DGemmaError
 
 MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")
+BITS = (2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
 # Group sizes / bits that a mode fixes (mlx-lm's defaults_for_mode).
 MODE_FIXED = {"mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
 RECIPES = {

@@ -6,6 +6,8 @@ one test repeats the basics on the real 262,144-id Gemma 4 vocabulary.
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from tiny_chat_model import make_tiny_chat_model
@@ -154,6 +156,18 @@ def test_every_command_has_help(run):
         assert command in top.stdout
         assert run(command, "--help", model=False).exit_code == 0
     assert run("--version", model=False).stdout.startswith("dgemma-mlx ")
+
+
+def test_help_does_not_load_the_model_stack():
+    """`dgemma --help` and usage errors must answer at once: MLX-LM (and transformers behind it) cost
+    seconds to import, so only a command that needs the model may pull them in."""
+    code = (
+        "import sys; from typer.testing import CliRunner; from dgemma_mlx.cli.app import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0 and 'sudoku' in r.output; "
+        "print(sorted(m for m in ('mlx_lm', 'transformers', 'dgemma_mlx.model') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_info_describes_the_model(run, model_dir):

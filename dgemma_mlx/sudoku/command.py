@@ -12,9 +12,8 @@ from rich.console import Console
 
 from ..errors import DGemmaError
 from ..events import FinishEvent, PassEvent
-from ..loading import load
+from . import ASSETS
 from .puzzles import DIFFICULTIES, format_puzzle, generate_puzzle, parse_puzzle
-from .solver_model import ASSETS, result_of, solve_stream
 
 
 class Difficulty(str, Enum):
@@ -46,6 +45,8 @@ def sudoku_command(
 def run(
     puzzle: str | None, difficulty: str, count: int, seed: int | None, as_json: bool, model_path: Path
 ) -> None:
+    from ..loading import load  # MLX and mlx-lm: paid by a solve, not by `dgemma --help`
+
     assert difficulty in DIFFICULTIES
     grids = [parse_puzzle(puzzle)] if puzzle is not None else None
     model, _ = load(model_path)
@@ -72,6 +73,8 @@ def run(
 def solve_one(model, console: Console, grid, seed, title: str, live: bool, quiet: bool):
     """Solve one grid, drawing the board live on a terminal or plain text (no ANSI) otherwise."""
     from dgemma_mlx.cli.sudoku_view import SudokuLiveView, plain_board
+
+    from .solver_model import result_of, solve_stream
 
     events = solve_stream(model, grid, seed=seed)
     result = None

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..api import stream_generate
 from ..events import CanvasEvent, FinishEvent, PassEvent
 from ..loading import load
 from ..model import Model
+from . import ASSETS
 from . import tokens as T
 from .puzzles import is_valid_solution
-
-ASSETS = Path(__file__).parent / "assets"
 
 
 def load_bundled():
