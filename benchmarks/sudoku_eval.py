@@ -1,20 +1,25 @@
-"""Solve rate and mean passes of the bundled Sudoku model on fresh puzzles, per difficulty.
+"""Solve rate and mean passes of the Sudoku model on fresh puzzles, per difficulty.
 
 Puzzles come from a seed never used in training (training pools use seeds 1001-1003, its held-out
-evaluation 777). `--recipe` quantizes the model in memory first, to measure how precision changes
-the passes a canvas needs (this is how `dgemma convert`'s default recipe was chosen).
+evaluation 777). Puzzles are solved in batches (rows stop independently, so a batch changes only the
+wall time). `--recipe` quantizes the model in memory first, to measure how precision changes the
+solve rate and the passes a canvas needs (this is how `dgemma convert`'s default recipe was chosen).
+`--model` evaluates another checkpoint directory, e.g. one that `dgemma_mlx.sudoku.train` is writing.
 
-    python benchmarks/sudoku_eval.py [--count 500] [--seed 20261124] [--recipe none|uniform|mixed]
+    python benchmarks/sudoku_eval.py [--count 500] [--seed 20261124] [--recipe none|uniform|mixed|...]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+from dgemma_mlx.loading import load
 from dgemma_mlx.quantization import RECIPES, quantize_model
+from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku.puzzles import DIFFICULTIES, generate_batch
-from dgemma_mlx.sudoku.solver_model import load_bundled, solve_grid
+from dgemma_mlx.sudoku.solver_model import solve_grids
 
 
 def main() -> None:
@@ -24,23 +29,28 @@ def main() -> None:
     p.add_argument("--difficulties", nargs="+", default=list(DIFFICULTIES))
     p.add_argument("--recipe", default="none", choices=["none", *RECIPES])
     p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--batch", type=int, default=100, help="puzzles solved together")
+    p.add_argument("--model", type=Path, default=ASSETS, help="checkpoint directory (default: bundled)")
     args = p.parse_args()
 
-    model, _ = load_bundled()
+    model, _ = load(args.model)
     if args.recipe != "none":
         quantize_model(model, bits=args.bits, group_size=64, recipe=args.recipe)
     label = "float32" if args.recipe == "none" else f"{args.bits}-bit {args.recipe}"
-    print(f"model: bundled Sudoku DiffusionGemma ({label}); {args.count} puzzles per difficulty")
-    print(f"{'difficulty':<10} {'solved':>8} {'rate':>7} {'passes':>7} {'s/puzzle':>9}")
+    print(f"model: {args.model} ({label}); {args.count} puzzles per difficulty, seed {args.seed}")
+    print(f"{'difficulty':<10} {'solved':>9} {'rate':>7} {'passes':>7} {'s/puzzle':>9}", flush=True)
     for difficulty in args.difficulties:
-        puzzles = generate_batch(args.seed, difficulty, args.count)
+        puzzles = [pz.puzzle for pz in generate_batch(args.seed, difficulty, args.count)]
         t0 = time.perf_counter()
-        results = [solve_grid(model, pz.puzzle, seed=k) for k, pz in enumerate(puzzles)]
+        results = []
+        for start in range(0, len(puzzles), args.batch):
+            results += solve_grids(model, puzzles[start : start + args.batch], seed=args.seed + start)
         dt = (time.perf_counter() - t0) / len(puzzles)
         solved = sum(r.valid for r in results)
         passes = sum(r.passes for r in results) / len(results)
         rate = f"{solved}/{len(results)}"
-        print(f"{difficulty:<10} {rate:>8} {solved / len(results):>6.1%} {passes:>7.1f} {dt:>9.2f}")
+        line = f"{difficulty:<10} {rate:>9} {solved / len(results):>6.1%} {passes:>7.1f} {dt:>9.3f}"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from dgemma_mlx import load
 from dgemma_mlx.cli.app import app
+from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku.puzzles import format_puzzle, generate_batch, is_valid_solution
-from dgemma_mlx.sudoku.solver_model import ASSETS, solve_grid
+from dgemma_mlx.sudoku.solver_model import solve_grid
 
 EASY_SEED, EASY_COUNT = 4242, 8  # a fixed set: the first 8 easy puzzles of this seed, not hand-picked
 

@@ -2,10 +2,10 @@
 
 import json
 import random
-import time
 
 import pytest
 
+from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku import tokens as T
 from dgemma_mlx.sudoku.puzzles import (
     BOXES,
@@ -26,7 +26,6 @@ from dgemma_mlx.sudoku.puzzles import (
     solve,
     techniques_needed,
 )
-from dgemma_mlx.sudoku.solver_model import ASSETS
 
 KNOWN = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
 # Arto Inkala's "world's hardest Sudoku": no single, pair or locked candidate applies at the start.
@@ -61,15 +60,13 @@ def test_generated_puzzles_are_unique_and_graded(difficulty):
                 assert GUESSING in used
 
 
-def test_generation_is_deterministic_by_seed_and_fast():
+def test_generation_is_deterministic_by_seed():
     assert generate_batch(9, "medium", 2) == generate_batch(9, "medium", 2)
     assert generate_puzzle(random.Random(4), "hard") == generate_puzzle(4, "hard")
     assert generate_puzzle(1, "easy") != generate_puzzle(2, "easy")
     rng = random.Random(0)
     state = random.getstate()
-    start = time.perf_counter()
     generate_batch(3, "easy", 10)
-    assert time.perf_counter() - start < 2.0  # ~3 ms each; loose for slow shared CI machines
     assert random.getstate() == state  # no global random state touched
     assert rng.random() == random.Random(0).random()
     with pytest.raises(PuzzleError, match="unknown difficulty 'extreme'"):
@@ -83,13 +80,11 @@ def test_random_solution_is_a_valid_full_grid():
 
 
 def test_exact_solver_on_hard_sparse_and_broken_grids(known_solution):
-    start = time.perf_counter()
     (inkala,) = solve(parse_puzzle(INKALA), limit=2)
     assert is_valid_solution(inkala, parse_puzzle(INKALA))
     two = solve(parse_puzzle(SPARSE), limit=2)
     assert len(two) == 2 and two[0] != two[1] and all(is_valid_solution(s, parse_puzzle(SPARSE)) for s in two)
     assert not has_unique_solution(parse_puzzle(SPARSE))
-    assert time.perf_counter() - start < 1.0  # milliseconds each; loose for slow machines
     assert len(solve([0] * 81, limit=3)) == 3
     assert solve(known_solution) == [known_solution]
     broken = parse_puzzle(KNOWN)
@@ -174,7 +169,7 @@ def test_token_format_round_trips():
 
 
 def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a dev dependency: the test must fail, not skip, without it
     p = generate_puzzle(7, "medium")
     T.write_tokenizer(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)

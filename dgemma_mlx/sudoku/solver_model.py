@@ -6,11 +6,11 @@ puzzle itself is the prompt the encoder caches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import stream_generate
+from ..api import generate, stream_generate
 from ..events import CanvasEvent, FinishEvent, PassEvent
 from ..loading import load
 from ..model import Model
@@ -63,3 +63,24 @@ def solve_grid(model: Model, puzzle, seed: int | None = None, **overrides: Any) 
         if isinstance(event, FinishEvent):
             return result_of(puzzle, event)
     raise AssertionError("generation ended without a result")
+
+
+def solve_grids(
+    model: Model, puzzles: Sequence[Sequence[int]], seed: int | None = None, **overrides: Any
+) -> list[SudokuResult]:
+    """Many puzzles as one batch: rows stop independently (adaptive stopping is per row), so a batch
+    gives each puzzle the same kind of solve as `solve_grid`, in a fraction of the wall time."""
+    result = generate(
+        model,
+        None,
+        [T.encode_prompt(p) for p in puzzles],
+        seed=seed,
+        fixed_positions=[T.pinned_positions(p) for p in puzzles],
+        max_new_tokens=T.CANVAS_LENGTH,
+        **overrides,
+    )
+    out = []
+    for row, puzzle, passes in zip(result.sequences.tolist(), puzzles, result.stats.passes, strict=True):
+        solution = tuple(T.decode_canvas(row[-T.CANVAS_LENGTH :]))
+        out.append(SudokuResult(tuple(puzzle), solution, is_valid_solution(solution, puzzle), passes))
+    return out

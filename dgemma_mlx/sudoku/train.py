@@ -227,32 +227,21 @@ def loss_fn(model: Model, prompts, canvases, targets, mask, sc_temp, self_condit
     return (ce * mask).sum() / mask.sum()
 
 
-def evaluate(model: Model, model_dir: Path, seed: int, count: int) -> dict[str, tuple[float, float]]:
-    """Solve rate and mean passes per difficulty with the real sampler, pinned givens, one batch each.
+def evaluate(model: Model, seed: int, count: int) -> dict[str, tuple[float, float]]:
+    """Solve rate and mean passes per difficulty with the real sampler and pinned givens.
 
-    Rows in a batch stop independently (adaptive stopping is per row), so batching changes nothing
-    but the wall time.
+    The model is evaluated with the generation config that ships with it (GENERATION_CONFIG), so the
+    learning curve measures what `dgemma sudoku` would do.
     """
-    from ..api import generate
-    from .puzzles import generate_batch, is_valid_solution
+    from .puzzles import generate_batch
+    from .solver_model import solve_grids
 
-    config = GenerationConfig.from_model_dir(model_dir)
+    config = GenerationConfig.from_dict(GENERATION_CONFIG)
     out = {}
     for difficulty in ("easy", "medium"):
-        puzzles = generate_batch(seed, difficulty, count)
-        result = generate(
-            model,
-            None,
-            [T.encode_prompt(p.puzzle) for p in puzzles],
-            config=config,
-            seed=seed,
-            fixed_positions=[T.pinned_positions(p.puzzle) for p in puzzles],
-        )
-        solved = [
-            is_valid_solution(T.decode_canvas(row[-T.CANVAS_LENGTH :]), p.puzzle)
-            for row, p in zip(result.sequences.tolist(), puzzles, strict=True)
-        ]
-        out[difficulty] = (sum(solved) / count, sum(result.stats.passes) / count)
+        puzzles = [p.puzzle for p in generate_batch(seed, difficulty, count)]
+        results = solve_grids(model, puzzles, seed, config=config)
+        out[difficulty] = (sum(r.valid for r in results) / count, sum(r.passes for r in results) / count)
     return out
 
 
@@ -339,7 +328,7 @@ def main() -> None:
         stop = elapsed > args.max_minutes or it == args.steps
         if it % args.eval_every == 0 or stop:
             save_checkpoint(model, args.out)
-            scores = evaluate(model, args.out, args.eval_seed, args.eval_count)
+            scores = evaluate(model, args.eval_seed, args.eval_count)
             text = ", ".join(f"{d} {r:.0%} ({n:.1f} passes)" for d, (r, n) in scores.items())
             print(f"eval step {it}: {text}", flush=True)
             row = {"step": it, "loss": round(running, 4), "minutes": round(elapsed, 1)}
