@@ -29,11 +29,12 @@ def test_bundled_checkpoint_is_a_small_real_diffusiongemma(bundled):
     assert tokenizer is not None and tokenizer.decode([6, 7, 8]) == "123"
 
 
-def test_bundled_model_runs_the_whole_path_on_a_fixed_set_of_easy_puzzles(bundled):
+def test_bundled_model_solves_a_fixed_set_of_easy_puzzles(bundled):
     """Encoder cache, MoE decoder, self-conditioning and the unmodified sampler, givens pinned.
 
-    The shipped model does not solve puzzles reliably yet (issue #5 stays open), so this checks the path
-    and reports the solve count instead of asserting it.
+    The shipped model is below the issue's quality bar (issue #5 stays open): it solves 5 of these 8
+    on MLX's CPU backend. The assertion keeps one puzzle of margin for other backends' rounding; a
+    broken path (cache, pins, sampler, weights) solves none.
     """
     model, _ = bundled
     puzzles = generate_batch(EASY_SEED, "easy", EASY_COUNT)
@@ -43,11 +44,9 @@ def test_bundled_model_runs_the_whole_path_on_a_fixed_set_of_easy_puzzles(bundle
         assert all(1 <= v <= 9 for v in r.solution)  # a full grid of digits came back
         assert 1 <= r.passes <= 48
         assert r.valid == is_valid_solution(r.solution, p.puzzle)
+    assert sum(r.valid for r in results) >= 4
     again = solve_grid(model, puzzles[0].puzzle, seed=0)
     assert again == results[0]  # reproducible by seed
-    print(
-        f"\nbundled model solved {sum(r.valid for r in results)}/{EASY_COUNT} easy puzzles (seed {EASY_SEED})"
-    )
 
 
 def test_sudoku_json_command():
