@@ -47,15 +47,13 @@ def solve_stream(
     )
 
 
+def _result(puzzle, row: list[int], passes: int) -> SudokuResult:
+    solution = tuple(T.decode_canvas(row[-T.CANVAS_LENGTH :]))
+    return SudokuResult(tuple(puzzle), solution, is_valid_solution(solution, puzzle), passes)
+
+
 def result_of(puzzle, event: FinishEvent) -> SudokuResult:
-    canvas = event.result.sequences[0, -T.CANVAS_LENGTH :].tolist()
-    solution = tuple(T.decode_canvas(canvas))
-    return SudokuResult(
-        puzzle=tuple(puzzle),
-        solution=solution,
-        valid=is_valid_solution(solution, puzzle),
-        passes=event.result.stats.passes[0],
-    )
+    return _result(puzzle, event.result.sequences[0].tolist(), event.result.stats.passes[0])
 
 
 def solve_grid(model: Model, puzzle, seed: int | None = None, **overrides: Any) -> SudokuResult:
@@ -79,8 +77,5 @@ def solve_grids(
         max_new_tokens=T.CANVAS_LENGTH,
         **overrides,
     )
-    out = []
-    for row, puzzle, passes in zip(result.sequences.tolist(), puzzles, result.stats.passes, strict=True):
-        solution = tuple(T.decode_canvas(row[-T.CANVAS_LENGTH :]))
-        out.append(SudokuResult(tuple(puzzle), solution, is_valid_solution(solution, puzzle), passes))
-    return out
+    rows = zip(puzzles, result.sequences.tolist(), result.stats.passes, strict=True)
+    return [_result(puzzle, row, passes) for puzzle, row, passes in rows]
