@@ -12,16 +12,9 @@ from typing import Any
 
 from ..api import generate, stream_generate
 from ..events import CanvasEvent, FinishEvent, PassEvent
-from ..loading import load
 from ..model import Model
-from . import ASSETS
 from . import tokens as T
 from .puzzles import is_valid_solution
-
-
-def load_bundled():
-    """(model, tokenizer) of the checkpoint shipped inside the package."""
-    return load(ASSETS)
 
 
 @dataclass(frozen=True)

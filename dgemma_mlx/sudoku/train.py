@@ -249,8 +249,7 @@ def save_checkpoint(model: Model, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
     (out / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2))
-    if not (out / "generation_config.json").exists():
-        (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
     T.write_tokenizer(out)
 
 
@@ -290,7 +289,6 @@ def main() -> None:
     sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
     print(f"pool {sizes}; model {n_params / 1e6:.2f}M params; args {vars(args)}", flush=True)
     save_checkpoint(model, args.out)
-    (args.out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
 
     def schedule(step):
         warm = mx.minimum(1.0, (step + 1) / args.warmup)
