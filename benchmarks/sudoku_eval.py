@@ -19,7 +19,7 @@ from dgemma_mlx.loading import load
 from dgemma_mlx.quantization import RECIPES, quantize_model
 from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku.puzzles import DIFFICULTIES, generate_batch
-from dgemma_mlx.sudoku.solver_model import solve_grids
+from dgemma_mlx.sudoku.solver_model import solve_grids, solve_rate_and_passes
 
 
 def main() -> None:
@@ -46,10 +46,9 @@ def main() -> None:
         for start in range(0, len(puzzles), args.batch):
             results += solve_grids(model, puzzles[start : start + args.batch], seed=args.seed + start)
         dt = (time.perf_counter() - t0) / len(puzzles)
-        solved = sum(r.valid for r in results)
-        passes = sum(r.passes for r in results) / len(results)
-        rate = f"{solved}/{len(results)}"
-        line = f"{difficulty:<10} {rate:>9} {solved / len(results):>6.1%} {passes:>7.1f} {dt:>9.3f}"
+        rate, passes = solve_rate_and_passes(results)
+        solved = f"{sum(r.valid for r in results)}/{len(results)}"
+        line = f"{difficulty:<10} {solved:>9} {rate:>6.1%} {passes:>7.1f} {dt:>9.3f}"
         print(line, flush=True)
 
 

@@ -21,7 +21,7 @@ from dgemma_mlx.generation_config import GenerationConfig
 from dgemma_mlx.loading import load
 from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku.puzzles import generate_batch
-from dgemma_mlx.sudoku.solver_model import solve_grids
+from dgemma_mlx.sudoku.solver_model import solve_grids, solve_rate_and_passes
 from dgemma_mlx.sudoku.train import EVAL_SEED
 
 
@@ -53,8 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for difficulty, grids in puzzles.items():
             results = solve_grids(model, grids, seed=args.seed, config=config)
-            rate = sum(r.valid for r in results) / len(results)
-            passes = sum(r.passes for r in results) / len(results)
+            rate, passes = solve_rate_and_passes(results)
             cells.append(f"{difficulty} {rate:6.1%} {passes:5.1f} passes")
         seconds = time.perf_counter() - t0
         print(f"{text or 'checkpoint defaults':<50} " + "  ".join(cells) + f"  ({seconds:.0f} s)", flush=True)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny_geometry import TINY_GEOMETRY
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as hf_generation
@@ -54,18 +55,8 @@ LAYOUTS = ("per_layer_config", "legacy")
 
 # Spec §8.1. W=4 is smaller than both the prompt (7) and the canvas (8), so the sliding cache trims.
 TINY_TEXT = {
+    **TINY_GEOMETRY,
     "vocab_size": 128,
-    "hidden_size": 32,
-    "intermediate_size": 48,
-    "moe_intermediate_size": 16,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "global_head_dim": 16,
-    "num_global_key_value_heads": 1,
-    "num_experts": 4,
-    "top_k_experts": 2,
     "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
     "use_bidirectional_attention": "vision",
 }

@@ -20,6 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 from gemma4_assets import CHAT_TEMPLATE
 from mlx.utils import tree_flatten
+from tiny_geometry import TINY_GEOMETRY
 
 from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.model import Model
@@ -50,19 +51,9 @@ CONFIG = {
     "model_type": "diffusion_gemma",
     "canvas_length": 8,
     "text_config": {
+        **TINY_GEOMETRY,
         "vocab_size": VOCAB_SIZE,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "moe_intermediate_size": 16,
-        "num_hidden_layers": 3,
         "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "global_head_dim": 16,
-        "num_global_key_value_heads": 1,
-        "num_experts": 4,
-        "top_k_experts": 2,
         "sliding_window": 4,
         "pad_token_id": 0,
         "bos_token_id": 2,

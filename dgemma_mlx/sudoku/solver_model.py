@@ -25,6 +25,11 @@ class SudokuResult:
     passes: int
 
 
+def solve_rate_and_passes(results: Sequence[SudokuResult]) -> tuple[float, float]:
+    """The two figures every Sudoku evaluation reports: fraction solved and mean passes per puzzle."""
+    return sum(r.valid for r in results) / len(results), sum(r.passes for r in results) / len(results)
+
+
 def solve_stream(
     model: Model, puzzle, seed: int | None = None, **overrides: Any
 ) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:

@@ -234,14 +234,14 @@ def evaluate(model: Model, seed: int, count: int) -> dict[str, tuple[float, floa
     learning curve measures what `dgemma sudoku` would do.
     """
     from .puzzles import generate_batch
-    from .solver_model import solve_grids
+    from .solver_model import solve_grids, solve_rate_and_passes
 
     config = GenerationConfig.from_dict(GENERATION_CONFIG)
     out = {}
     for difficulty in ("easy", "medium"):
         puzzles = [p.puzzle for p in generate_batch(seed, difficulty, count)]
         results = solve_grids(model, puzzles, seed, config=config)
-        out[difficulty] = (sum(r.valid for r in results) / count, sum(r.passes for r in results) / count)
+        out[difficulty] = solve_rate_and_passes(results)
     return out
 
 
