@@ -24,6 +24,9 @@ Creating the pool (each line {"p": puzzle, "s": solution}) and training:
 
     python -m dgemma_mlx.sudoku.train --make-pool POOL_DIR --pool-sizes 3000 1200 1500
     python -m dgemma_mlx.sudoku.train --pool POOL_DIR --out OUT --steps 3000 --batch 64 --seed 0
+
+`--init DIR` warm-starts from a checkpoint (keeping its geometry); `--layers/--hidden/--experts` size a
+new model (the defaults are the shipped geometry).
 """
 
 from __future__ import annotations
@@ -77,6 +80,26 @@ MODEL_CONFIG = {
         "use_bidirectional_attention": "vision",
     },
 }
+
+
+def model_config(layers: int, hidden: int, experts: int) -> dict:
+    """The shipped geometry (MODEL_CONFIG) resized: one full-attention layer last, the rest sliding;
+    dense MLP 2x hidden, experts 1x hidden, top-2 routing, head dims as shipped.
+
+    Bigger models are for machines with a GPU or Apple silicon (medium puzzles likely need 6-8 layers).
+    """
+    text = dict(MODEL_CONFIG["text_config"])
+    text |= {
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "moe_intermediate_size": hidden,
+        "num_hidden_layers": layers,
+        "num_experts": experts,
+        "top_k_experts": min(2, experts),
+        "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"],
+    }
+    return {**MODEL_CONFIG, "text_config": text}
+
 # <eos> never appears in a solved canvas, so a solution is never cut short by EOS padding.
 GENERATION_CONFIG = {
     "max_new_tokens": T.CANVAS_LENGTH,
@@ -245,21 +268,25 @@ def evaluate(model: Model, seed: int, count: int) -> dict[str, tuple[float, floa
     return out
 
 
-def save_checkpoint(model: Model, out: Path) -> None:
+def save_checkpoint(model: Model, config: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(out / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (out / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
     T.write_tokenizer(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the bundled Sudoku DiffusionGemma.")
     p.add_argument("--make-pool", type=Path, help="only write a puzzle pool to this directory")
     p.add_argument("--pool-sizes", type=int, nargs=3, default=[3000, 1200, 1500], metavar=("E", "M", "H"))
     p.add_argument("--pool", type=Path, help="directory of pool_*.jsonl puzzles")
     p.add_argument("--out", type=Path)
-    p.add_argument("--init", type=Path, help="warm start from this checkpoint directory")
+    p.add_argument("--init", type=Path, help="warm start from this checkpoint (its own geometry)")
+    text = MODEL_CONFIG["text_config"]
+    p.add_argument("--layers", type=int, default=text["num_hidden_layers"], help="new models only")
+    p.add_argument("--hidden", type=int, default=text["hidden_size"], help="new models only")
+    p.add_argument("--experts", type=int, default=text["num_experts"], help="new models only")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -270,7 +297,7 @@ def main() -> None:
     p.add_argument("--eval-count", type=int, default=30)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop (and save) after this long")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     if args.make_pool:
         make_pool(args.make_pool, dict(zip(DIFFICULTIES, args.pool_sizes, strict=True)))
@@ -282,13 +309,17 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     pool = load_pool(args.pool)
     mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
-    model = Model(ModelConfig.from_dict(MODEL_CONFIG))
     if args.init:
+        config = json.loads((args.init / "config.json").read_text())
+        model = Model(ModelConfig.from_dict(config))
         model.load_weights(str(args.init / "model.safetensors"))
+    else:
+        config = model_config(args.layers, args.hidden, args.experts)
+        model = Model(ModelConfig.from_dict(config))
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
     print(f"pool {sizes}; model {n_params / 1e6:.2f}M params; args {vars(args)}", flush=True)
-    save_checkpoint(model, args.out)
+    save_checkpoint(model, config, args.out)
 
     def schedule(step):
         warm = mx.minimum(1.0, (step + 1) / args.warmup)
@@ -325,7 +356,7 @@ def main() -> None:
             print(f"step {it} loss {running:.4f} lr {lr:.2e} {elapsed:.1f} min", flush=True)
         stop = elapsed > args.max_minutes or it == args.steps
         if it % args.eval_every == 0 or stop:
-            save_checkpoint(model, args.out)
+            save_checkpoint(model, config, args.out)
             scores = evaluate(model, args.eval_seed, args.eval_count)
             text = ", ".join(f"{d} {r:.0%} ({n:.1f} passes)" for d, (r, n) in scores.items())
             print(f"eval step {it}: {text}", flush=True)
