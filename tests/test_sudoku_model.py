@@ -32,9 +32,10 @@ def test_bundled_checkpoint_is_a_small_real_diffusiongemma(bundled):
 def test_bundled_model_solves_a_fixed_set_of_easy_puzzles(bundled):
     """Encoder cache, MoE decoder, self-conditioning and the unmodified sampler, givens pinned.
 
-    The shipped model is below the issue's quality bar (issue #5 stays open): it solves 5 of these 8
-    on MLX's CPU backend. The assertion keeps one puzzle of margin for other backends' rounding; a
-    broken path (cache, pins, sampler, weights) solves none.
+    The shipped model is below the issue's quality bar (issue #5 stays open): it solves 4 of these 8
+    on MLX's CPU backend (57% of 500 fresh easy puzzles in the benchmark). The assertion keeps one
+    puzzle of margin for other backends' rounding; a broken path (cache, pins, sampler, weights)
+    solves none.
     """
     model, _ = bundled
     puzzles = generate_batch(EASY_SEED, "easy", EASY_COUNT)
@@ -44,7 +45,7 @@ def test_bundled_model_solves_a_fixed_set_of_easy_puzzles(bundled):
         assert all(1 <= v <= 9 for v in r.solution)  # a full grid of digits came back
         assert 1 <= r.passes <= 48
         assert r.valid == is_valid_solution(r.solution, p.puzzle)
-    assert sum(r.valid for r in results) >= 4
+    assert sum(r.valid for r in results) >= 3
     again = solve_grid(model, puzzles[0].puzzle, seed=0)
     assert again == results[0]  # reproducible by seed
 
