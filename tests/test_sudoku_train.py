@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+import pytest
 
 from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.loading import load
@@ -26,7 +27,7 @@ def small_pool() -> train.Pool:
 
 
 def test_default_geometry_is_the_shipped_checkpoint():
-    assert train.model_config(4, 128, 4) == train.MODEL_CONFIG
+    assert train.model_config() == train.model_config(4, 128, 4) == train.MODEL_CONFIG
     assert json.loads((ASSETS / "config.json").read_text()) == train.MODEL_CONFIG
 
 
@@ -73,7 +74,7 @@ def test_the_recipe_learns_with_and_without_self_conditioning():
         assert float(last) < 0.8 * float(first), (self_condition, float(first), float(last))
 
 
-def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path):
+def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path, capsys):
     pool, out, more = tmp_path / "pool", tmp_path / "run", tmp_path / "run2"
     train.main(["--make-pool", str(pool), "--pool-sizes", "2", "2", "1"])
     assert sorted(f.name for f in pool.iterdir()) == [
@@ -90,5 +91,8 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     assert len(model.layers) == 2 and model.vocab_size == T.VOCAB_SIZE
     assert tokenizer is not None
 
+    with pytest.raises(SystemExit):  # a warm start keeps its geometry: resizing it is an error
+        train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out), "--layers", "3"])
+    assert "keeps its checkpoint's geometry" in capsys.readouterr().err
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out)])
     assert json.loads((more / "config.json").read_text()) == json.loads((out / "config.json").read_text())

@@ -81,25 +81,6 @@ MODEL_CONFIG = {
     },
 }
 
-
-def model_config(layers: int, hidden: int, experts: int) -> dict:
-    """The shipped geometry (MODEL_CONFIG) resized: one full-attention layer last, the rest sliding;
-    dense MLP 2x hidden, experts 1x hidden, top-2 routing, head dims as shipped.
-
-    Bigger models are for machines with a GPU or Apple silicon (medium puzzles likely need 6-8 layers).
-    """
-    text = dict(MODEL_CONFIG["text_config"])
-    text |= {
-        "hidden_size": hidden,
-        "intermediate_size": 2 * hidden,
-        "moe_intermediate_size": hidden,
-        "num_hidden_layers": layers,
-        "num_experts": experts,
-        "top_k_experts": min(2, experts),
-        "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"],
-    }
-    return {**MODEL_CONFIG, "text_config": text}
-
 # <eos> never appears in a solved canvas, so a solution is never cut short by EOS padding.
 GENERATION_CONFIG = {
     "max_new_tokens": T.CANVAS_LENGTH,
@@ -115,6 +96,29 @@ GENERATION_CONFIG = {
 DIFFICULTIES = ("easy", "medium", "hard")
 POOL_SEEDS = {"easy": 1001, "medium": 1002, "hard": 1003}
 EVAL_SEED = 777  # held out: never a pool seed; the benchmark uses yet another one
+
+
+def model_config(layers: int | None = None, hidden: int | None = None, experts: int | None = None) -> dict:
+    """The shipped geometry (MODEL_CONFIG) resized: one full-attention layer last, the rest sliding;
+    dense MLP 2x hidden, experts 1x hidden, top-2 routing, head dims as shipped. None keeps a size.
+
+    Bigger models are for machines with a GPU or Apple silicon (medium puzzles likely need 6-8 layers).
+    """
+    text = dict(MODEL_CONFIG["text_config"])
+    layers = layers or text["num_hidden_layers"]
+    hidden = hidden or text["hidden_size"]
+    experts = experts or text["num_experts"]
+    text |= {
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "moe_intermediate_size": hidden,
+        "num_hidden_layers": layers,
+        "num_experts": experts,
+        "top_k_experts": min(2, experts),
+        "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"],
+    }
+    return {**MODEL_CONFIG, "text_config": text}
+
 
 # -- fast training kernels ---------------------------------------------------------------------------
 _C = math.sqrt(2.0 / math.pi)
@@ -283,10 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=Path, help="directory of pool_*.jsonl puzzles")
     p.add_argument("--out", type=Path)
     p.add_argument("--init", type=Path, help="warm start from this checkpoint (its own geometry)")
-    text = MODEL_CONFIG["text_config"]
-    p.add_argument("--layers", type=int, default=text["num_hidden_layers"], help="new models only")
-    p.add_argument("--hidden", type=int, default=text["hidden_size"], help="new models only")
-    p.add_argument("--experts", type=int, default=text["num_experts"], help="new models only")
+    p.add_argument("--layers", type=int, help="new models only (default: the shipped 4)")
+    p.add_argument("--hidden", type=int, help="new models only (default: the shipped 128)")
+    p.add_argument("--experts", type=int, help="new models only (default: the shipped 4)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -304,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (args.pool and args.out):
         p.error("--pool and --out are required for training")
+    sizes = {"layers": args.layers, "hidden": args.hidden, "experts": args.experts}
+    if args.init and any(v is not None for v in sizes.values()):
+        p.error("--layers/--hidden/--experts size a new model; --init keeps its checkpoint's geometry")
 
     mx.random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         model = Model(ModelConfig.from_dict(config))
         model.load_weights(str(args.init / "model.safetensors"))
     else:
-        config = model_config(args.layers, args.hidden, args.experts)
+        config = model_config(**sizes)
         model = Model(ModelConfig.from_dict(config))
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
