@@ -315,16 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     pool = load_pool(args.pool)
     mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
+    config = json.loads((args.init / "config.json").read_text()) if args.init else model_config(**sizes)
+    model = Model(ModelConfig.from_dict(config))
     if args.init:
-        config = json.loads((args.init / "config.json").read_text())
-        model = Model(ModelConfig.from_dict(config))
         model.load_weights(str(args.init / "model.safetensors"))
-    else:
-        config = model_config(**sizes)
-        model = Model(ModelConfig.from_dict(config))
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
-    sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
-    print(f"pool {sizes}; model {n_params / 1e6:.2f}M params; args {vars(args)}", flush=True)
+    pool_sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
+    print(f"pool {pool_sizes}; model {n_params / 1e6:.2f}M params; args {vars(args)}", flush=True)
     save_checkpoint(model, config, args.out)
 
     def schedule(step):
