@@ -27,22 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-REAL_TEXT = {
-    "vocab_size": 262144,
-    "hidden_size": 2816,
-    "intermediate_size": 2112,
-    "moe_intermediate_size": 704,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 256,
-    "global_head_dim": 512,
-    "num_global_key_value_heads": 2,
-    "num_experts": 128,
-    "top_k_experts": 8,
-    "sliding_window": 1024,
-    "max_position_embeddings": 262144,
-    "use_bidirectional_attention": "vision",
-}
+from dgemma_mlx.config import RELEASED_TEXT_CONFIG as REAL_TEXT
+
 SHARD_BYTES = 4 * 10**9
 GB = 1e9
 

@@ -39,6 +39,26 @@ TEXT_DEFAULTS: dict[str, Any] = {
     "attention_bias": False,
     "use_bidirectional_attention": None,
 }
+# The text geometry of the published google/diffusiongemma-26B-A4B-it (layer types come from the
+# defaults: every sixth layer full attention). Memory benchmarks and the real-geometry tests build the
+# released shapes from it without the checkpoint.
+RELEASED_TEXT_CONFIG: dict[str, Any] = {
+    "vocab_size": 262_144,
+    "hidden_size": 2816,
+    "intermediate_size": 2112,
+    "moe_intermediate_size": 704,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "num_global_key_value_heads": 2,
+    "num_experts": 128,
+    "top_k_experts": 8,
+    "sliding_window": 1024,
+    "max_position_embeddings": 262_144,
+    "use_bidirectional_attention": "vision",
+}
 # No usable default: DiffusionGemma is always a MoE model.
 TEXT_REQUIRED = ("num_experts", "top_k_experts", "moe_intermediate_size")
 DEFAULT_ROPE = {

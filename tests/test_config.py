@@ -5,26 +5,9 @@ import json
 import pytest
 
 from dgemma_mlx.config import FULL, SLIDING, ModelConfig, estimate_weight_bytes, parameter_counts
+from dgemma_mlx.config import RELEASED_TEXT_CONFIG as RELEASED_TEXT
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GenerationConfig
-
-RELEASED_TEXT = {
-    "vocab_size": 262144,
-    "hidden_size": 2816,
-    "intermediate_size": 2112,
-    "moe_intermediate_size": 704,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 256,
-    "global_head_dim": 512,
-    "num_global_key_value_heads": 2,
-    "num_experts": 128,
-    "top_k_experts": 8,
-    "sliding_window": 1024,
-    "max_position_embeddings": 262144,
-    "use_bidirectional_attention": "vision",
-}
 
 
 def released(**text):
