@@ -96,3 +96,12 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     assert "keeps its checkpoint's geometry" in capsys.readouterr().err
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out)])
     assert json.loads((more / "config.json").read_text()) == json.loads((out / "config.json").read_text())
+
+
+def test_model_sizes_must_be_positive(capsys):
+    """`--layers 0` used to fall back silently to the shipped size; now it is a usage error."""
+    with pytest.raises(SystemExit):
+        train.main(["--pool", "p", "--out", "o", "--layers", "0"])
+    assert "must be a positive integer, got 0" in capsys.readouterr().err
+    assert train.model_config(layers=6)["text_config"]["num_hidden_layers"] == 6
+    assert train.model_config()["text_config"]["hidden_size"] == 128

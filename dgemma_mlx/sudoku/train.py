@@ -105,9 +105,9 @@ def model_config(layers: int | None = None, hidden: int | None = None, experts: 
     Bigger models are for machines with a GPU or Apple silicon (medium puzzles likely need 6-8 layers).
     """
     text = dict(MODEL_CONFIG["text_config"])
-    layers = layers or text["num_hidden_layers"]
-    hidden = hidden or text["hidden_size"]
-    experts = experts or text["num_experts"]
+    layers = text["num_hidden_layers"] if layers is None else layers
+    hidden = text["hidden_size"] if hidden is None else hidden
+    experts = text["num_experts"] if experts is None else experts
     text |= {
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
@@ -280,6 +280,14 @@ def save_checkpoint(model: Model, config: dict, out: Path) -> None:
     T.write_tokenizer(out)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for sizes: 0 or a negative size is a usage error, not a silent default."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the bundled Sudoku DiffusionGemma.")
     p.add_argument("--make-pool", type=Path, help="only write a puzzle pool to this directory")
@@ -287,9 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool", type=Path, help="directory of pool_*.jsonl puzzles")
     p.add_argument("--out", type=Path)
     p.add_argument("--init", type=Path, help="warm start from this checkpoint (its own geometry)")
-    p.add_argument("--layers", type=int, help="new models only (default: the shipped 4)")
-    p.add_argument("--hidden", type=int, help="new models only (default: the shipped 128)")
-    p.add_argument("--experts", type=int, help="new models only (default: the shipped 4)")
+    p.add_argument("--layers", type=positive_int, help="new models only (default: the shipped 4)")
+    p.add_argument("--hidden", type=positive_int, help="new models only (default: the shipped 128)")
+    p.add_argument("--experts", type=positive_int, help="new models only (default: the shipped 4)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
