@@ -159,3 +159,25 @@ def test_left_padded_generation_matches_reference(sharp_checkpoint):
     ours = run_ours(sharp_checkpoint, [long, short], ref["draws"], **kwargs)
     assert np.array_equal(ours.sequences, ref["sequences"])
     assert np.allclose(ours.stats.tokens_per_forward, ref["tokens_per_forward"], rtol=1e-6)
+
+
+def test_sudoku_grid_rope_matches_reference(tmp_path):
+    """The bundled Sudoku model's linear RoPE with factor < 1 means the same in transformers as here."""
+    from hf_reference import TINY_TEXT
+
+    from dgemma_mlx.config import DEFAULT_ROPE, FULL, SLIDING
+    from dgemma_mlx.sudoku.train import grid_rope
+
+    rope = {SLIDING: grid_rope(TINY_TEXT["head_dim"]), FULL: DEFAULT_ROPE[FULL]}
+    path = write_tiny_checkpoint(tmp_path / "grid", seed=3, text_overrides={"rope_parameters": rope})
+    plain = write_tiny_checkpoint(tmp_path / "plain", seed=3)
+    rng = np.random.default_rng(2)
+    prompt = rng.integers(0, 128, (2, 7))
+    canvas1, canvas2 = rng.integers(0, 128, (2, 8)), rng.integers(0, 128, (2, 8))
+    ref = reference_forward(path, prompt, canvas1, canvas2)
+    ours = mlx_forward(load_model(path)[0], prompt, canvas1, canvas2)
+    for key in ("logits_first", "logits_sc", "logits_second"):
+        assert np.abs(ref[key] - ours[key]).max() < ATOL, key
+    # the RoPE really differs from the default one (same weights, other logits)
+    default = reference_forward(plain, prompt, canvas1, canvas2)
+    assert np.abs(default["logits_first"] - ref["logits_first"]).max() > 1e-2

@@ -25,8 +25,9 @@ Creating the pool (each line {"p": puzzle, "s": solution}) and training:
     python -m dgemma_mlx.sudoku.train --make-pool POOL_DIR --pool-sizes 3000 1200 1500
     python -m dgemma_mlx.sudoku.train --pool POOL_DIR --out OUT --steps 3000 --batch 64 --seed 0
 
-`--init DIR` warm-starts from a checkpoint (keeping its geometry); `--layers/--hidden/--experts` size a
-new model (the defaults are the shipped geometry).
+`--init DIR` warm-starts from a checkpoint (keeping its geometry and RoPE); `--layers/--hidden/--experts`
+size a new model (the defaults are the shipped geometry, grid RoPE included). The shipped weights' exact
+commands are in assets/TRAINING.md.
 """
 
 from __future__ import annotations
@@ -47,10 +48,26 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ..config import ModelConfig
+from ..config import DEFAULT_ROPE, FULL, SLIDING, ModelConfig
 from ..generation_config import GenerationConfig
 from ..model import Model
 from . import tokens as T
+
+
+def grid_rope(head_dim: int) -> dict:
+    """Linear-scaled RoPE whose frequencies are 2*pi/9 * (4, 2, 1, 1/2, 1/4, ...) radians per position.
+
+    Why: the model has no position embeddings, only RoPE, and with the default frequencies (1, 0.56,
+    0.32, ... rad) "same column" (an offset that is a multiple of 9) has no simple form, so a small model
+    learns the Sudoku constraints slowly and never precisely. With these frequencies one head can score
+    cos(2pi*d/9) + cos(4pi*d/9) + cos(8pi*d/9), which is 3 at offsets d = 0 mod 9 and <= 0 elsewhere: a
+    column comb; the slower ones give rows and the prompt-to-canvas offset. Theta 2^(head_dim/2) makes
+    each frequency half the one before; the factor (< 1, which transformers warns about but computes
+    exactly as we do) lifts the fastest to 8pi/9. Measured: from scratch the training loss fell 1.15 ->
+    0.88 at step 250 against the default RoPE (TRAINING.md).
+    """
+    return {"rope_type": "linear", "rope_theta": 2.0 ** (head_dim // 2), "factor": 9 / (8 * math.pi)}
+
 
 MODEL_CONFIG = {
     "model_type": "diffusion_gemma",
@@ -78,6 +95,11 @@ MODEL_CONFIG = {
         "bos_token_id": T.BOS,
         "eos_token_id": T.EOS,
         "use_bidirectional_attention": "vision",
+        # transformers needs both layer types spelled out once rope_parameters is given
+        "rope_parameters": {
+            SLIDING: grid_rope(32),
+            FULL: dict(DEFAULT_ROPE[FULL]),
+        },
     },
 }
 
