@@ -12,9 +12,11 @@ Diffusion canvases are decoded whole, so there is no streaming detokenizer on th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +221,20 @@ class Tokenizer:
         return f"Tokenizer({self.model_dir}, vocab_size={self.vocab_size}, chat={self.has_chat_template})"
 
 
+@contextlib.contextmanager
+def _quiet_rope_validation() -> Iterator[None]:
+    """AutoTokenizer parses config.json into a model config, and transformers' RoPE validation warns
+    about settings it merely finds unusual (the bundled Sudoku model's linear factor < 1, which it
+    computes exactly as we do). That says nothing about the tokenizer, so it stays off the terminal."""
+    rope_logger = logging.getLogger("transformers.modeling_rope_utils")
+    previous = rope_logger.level
+    rope_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        rope_logger.setLevel(previous)
+
+
 def load_tokenizer(model_dir: Path | str) -> Tokenizer:
     """Load the tokenizer shipped in `model_dir` (tokenizer.json / tokenizer.model + configs).
 
@@ -234,7 +250,8 @@ def load_tokenizer(model_dir: Path | str) -> Tokenizer:
     from mlx_lm.tokenizer_utils import load as mlx_lm_load_tokenizer
 
     try:
-        wrapper = mlx_lm_load_tokenizer(model_dir, eos_token_ids=checkpoint_eos_ids(model_dir) or None)
+        with _quiet_rope_validation():
+            wrapper = mlx_lm_load_tokenizer(model_dir, eos_token_ids=checkpoint_eos_ids(model_dir) or None)
     except Exception as exc:  # transformers raises many types for a broken tokenizer; all are one line
         raise DGemmaError(f"could not load the tokenizer in {model_dir}: {_one_line(exc)}") from exc
     return Tokenizer(wrapper, model_dir)

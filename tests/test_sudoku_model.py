@@ -1,6 +1,9 @@
 """The bundled Sudoku DiffusionGemma: loads like any model, solves puzzles through the unmodified sampler."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -48,6 +51,16 @@ def test_bundled_model_solves_a_fixed_set_of_easy_puzzles(bundled):
     assert sum(r.valid for r in results) >= 6
     again = solve_grid(model, puzzles[0].puzzle, seed=0)
     assert again == results[0]  # reproducible by seed
+
+
+def test_loading_the_bundled_model_prints_nothing():
+    """A fresh process: transformers' RoPE validation (run by AutoTokenizer on config.json) warns about
+    the grid RoPE's linear factor < 1 on every load unless the tokenizer loader keeps it quiet."""
+    code = "from dgemma_mlx import load; from dgemma_mlx.sudoku import ASSETS; load(ASSETS)"
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"}  # the CLI's import sets it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""
 
 
 def test_sudoku_json_command():
