@@ -69,6 +69,7 @@ def grid_rope(head_dim: int) -> dict:
     return {"rope_type": "linear", "rope_theta": 2.0 ** (head_dim // 2), "factor": 9 / (8 * math.pi)}
 
 
+SLIDING_HEAD_DIM = 32  # one value: the grid RoPE's theta is derived from it
 MODEL_CONFIG = {
     "model_type": "diffusion_gemma",
     "architectures": ["DiffusionGemmaForBlockDiffusion"],
@@ -83,7 +84,7 @@ MODEL_CONFIG = {
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "head_dim": 32,
+        "head_dim": SLIDING_HEAD_DIM,
         "global_head_dim": 64,
         "num_global_key_value_heads": 1,
         "num_experts": 4,
@@ -97,7 +98,7 @@ MODEL_CONFIG = {
         "use_bidirectional_attention": "vision",
         # transformers needs both layer types spelled out once rope_parameters is given
         "rope_parameters": {
-            SLIDING: grid_rope(32),
+            SLIDING: grid_rope(SLIDING_HEAD_DIM),
             FULL: dict(DEFAULT_ROPE[FULL]),
         },
     },
