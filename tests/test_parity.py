@@ -165,10 +165,9 @@ def test_sudoku_grid_rope_matches_reference(tmp_path):
     """The bundled Sudoku model's linear RoPE with factor < 1 means the same in transformers as here."""
     from hf_reference import TINY_TEXT
 
-    from dgemma_mlx.config import DEFAULT_ROPE, FULL, SLIDING
-    from dgemma_mlx.sudoku.train import grid_rope
+    from dgemma_mlx.sudoku.train import rope_parameters
 
-    rope = {SLIDING: grid_rope(TINY_TEXT["head_dim"]), FULL: DEFAULT_ROPE[FULL]}
+    rope = rope_parameters(TINY_TEXT["head_dim"])  # what the shipped config holds, at the tiny head size
     path = write_tiny_checkpoint(tmp_path / "grid", seed=3, text_overrides={"rope_parameters": rope})
     plain = write_tiny_checkpoint(tmp_path / "plain", seed=3)
     rng = np.random.default_rng(2)

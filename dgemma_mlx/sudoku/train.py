@@ -69,6 +69,12 @@ def grid_rope(head_dim: int) -> dict:
     return {"rope_type": "linear", "rope_theta": 2.0 ** (head_dim // 2), "factor": 9 / (8 * math.pi)}
 
 
+def rope_parameters(sliding_head_dim: int) -> dict:
+    """Both layer types spelled out, as transformers needs once `rope_parameters` is given: the grid RoPE
+    on the sliding layers, the default one on the full-attention layer (the grid there did worse)."""
+    return {SLIDING: grid_rope(sliding_head_dim), FULL: dict(DEFAULT_ROPE[FULL])}
+
+
 SLIDING_HEAD_DIM = 32  # one value: the grid RoPE's theta is derived from it
 MODEL_CONFIG = {
     "model_type": "diffusion_gemma",
@@ -96,11 +102,7 @@ MODEL_CONFIG = {
         "bos_token_id": T.BOS,
         "eos_token_id": T.EOS,
         "use_bidirectional_attention": "vision",
-        # transformers needs both layer types spelled out once rope_parameters is given
-        "rope_parameters": {
-            SLIDING: grid_rope(SLIDING_HEAD_DIM),
-            FULL: dict(DEFAULT_ROPE[FULL]),
-        },
+        "rope_parameters": rope_parameters(SLIDING_HEAD_DIM),
     },
 }
 
