@@ -97,6 +97,12 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out)])
     assert json.loads((more / "config.json").read_text()) == json.loads((out / "config.json").read_text())
 
+    with pytest.raises(SystemExit):
+        train.main([*common, "--out", str(more), "--steps", "1", "--grow-layers", "1"])
+    assert "--grow-layers deepens the --init checkpoint" in capsys.readouterr().err
+    train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out), "--grow-layers", "1"])
+    assert len(load(more)[0].layers) == 3
+
 
 def test_model_sizes_must_be_positive(capsys):
     """`--layers 0` used to fall back silently to the shipped size; now it is a usage error."""
@@ -105,3 +111,36 @@ def test_model_sizes_must_be_positive(capsys):
     assert "must be a positive integer, got 0" in capsys.readouterr().err
     assert train.model_config(layers=6)["text_config"]["num_hidden_layers"] == 6
     assert train.model_config()["text_config"]["hidden_size"] == 128
+
+
+@pytest.mark.parametrize("extra", [2, 4])
+def test_a_grown_model_starts_as_exactly_its_checkpoint_and_can_learn(extra):
+    """`--grow-layers`: the deepened shipped model gives the same logits (encoder cache, first pass and
+    self-conditioned pass) as the shipped one, keeps full attention last, and its new layers are not
+    dead: their zero gains get a gradient from the training loss. 4 new layers > 3 sliding ones also
+    exercises placing two after one layer."""
+    original, _ = load(ASSETS)
+    grown, config = train.grow(ASSETS, extra)
+    types = config["text_config"]["layer_types"]
+    assert len(grown.layers) == config["text_config"]["num_hidden_layers"] == 4 + extra
+    assert types[-1] == "full_attention" and types.count("full_attention") == 1
+
+    batch = train.make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0, "medium": 1.0})
+    prompts, canvases = batch[0], batch[1]
+    passes = []
+    for model in (original, grown):
+        cache = model.make_cache(4)
+        model.encode(prompts, cache)
+        first = model.decode(canvases, cache)
+        passes.append((first, model.decode(canvases, cache, first / 0.6)))
+    for a, b in zip(*passes, strict=True):
+        assert mx.array_equal(a, b)
+
+    grad_fn = nn.value_and_grad(grown, partial(train.loss_fn, self_condition=True))
+    _, grads = grad_fn(grown, *batch, mx.full((4,), 0.6))
+    silent = [i for i, layer in enumerate(grown.layers) if not mx.any(layer.post_attention_layernorm.weight)]
+    assert len(silent) == extra and types[silent[0]] == "sliding_attention"
+    for i in silent:
+        gains = grads["model"]["decoder"]["layers"][i]
+        for norm in ("post_attention_layernorm", "post_feedforward_layernorm"):
+            assert float(mx.abs(gains[norm]["weight"]).max()) > 0
