@@ -174,8 +174,10 @@ def grow(init: Path, extra: int) -> tuple[Model, dict]:
     old = mx.load(str(init / "model.safetensors"))
     new = dict(tree_flatten(model.parameters()))
 
+    position = {i: j for j, i in enumerate(order) if i is not None}
+
     def renumber(key: str) -> str:
-        return re.sub(r"\.layers\.(\d+)\.", lambda m: f".layers.{order.index(int(m[1]))}.", key)
+        return re.sub(r"\.layers\.(\d+)\.", lambda m: f".layers.{position[int(m[1])]}.", key)
 
     moved = {renumber(k): v for k, v in old.items()}
     for j, i in enumerate(order):
@@ -386,13 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     sizes = {"layers": args.layers, "hidden": args.hidden, "experts": args.experts}
     if args.init and any(v is not None for v in sizes.values()):
         p.error("--layers/--hidden/--experts size a new model; --init keeps its checkpoint's geometry")
+    if args.grow_layers and not args.init:
+        p.error("--grow-layers deepens the --init checkpoint; give --init")
 
     mx.random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     pool = load_pool(args.pool)
     mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
-    if args.grow_layers and not args.init:
-        p.error("--grow-layers deepens the --init checkpoint; give --init")
     if args.grow_layers:
         model, config = grow(args.init, args.grow_layers)
     else:
