@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GenerationConfig
 from dgemma_mlx.loading import load
 from dgemma_mlx.sudoku import ASSETS
@@ -30,7 +31,10 @@ def parse_setting(text: str) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        out[key.strip()] = None if value.strip() == "none" else json.loads(value)
+        try:
+            out[key.strip()] = None if value.strip() == "none" else json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"{key.strip()}={value.strip()}: the value is not a number or none") from None
     return out
 
 
@@ -43,12 +47,17 @@ def main() -> None:
     p.add_argument("--set", dest="settings", action="append", default=[], help="key=value[,key=value]")
     args = p.parse_args()
 
-    model, _ = load(args.model)
     base = GenerationConfig.from_model_dir(args.model)
+    configs = []
+    for text in args.settings or [""]:  # all checked before any (minutes-long) run starts
+        try:
+            configs.append((text, base.replace_explicit(**parse_setting(text))))
+        except (DGemmaError, ValueError) as e:
+            p.error(f"--set {text}: {e}")
+    model, _ = load(args.model)
     puzzles = {d: [pz.puzzle for pz in generate_batch(args.seed, d, args.count)] for d in args.difficulties}
     print(f"model {args.model}; {args.count} puzzles per difficulty, seed {args.seed}", flush=True)
-    for text in args.settings or [""]:
-        config = base.replace_explicit(**parse_setting(text))
+    for text, config in configs:
         cells = []
         t0 = time.perf_counter()
         for difficulty, grids in puzzles.items():
