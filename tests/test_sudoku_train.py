@@ -55,23 +55,43 @@ def test_batches_never_corrupt_givens_and_score_only_blanks():
 
 def test_the_recipe_learns_with_and_without_self_conditioning():
     """A few AdamW steps on one batch must lower the loss, through the same `loss_fn` the trainer
-    uses; with self-conditioning the second pass's own weights get a gradient too."""
+    uses; with self-conditioning (one earlier pass, or a chain of three) the graded pass's own
+    self-conditioning weights get a gradient too."""
     batch = train.make_batch(np.random.default_rng(2), small_pool(), 8, {"easy": 1.0})
     temps = mx.full((8,), 0.6)
-    for self_condition in (False, True):
+    for sc_passes in (0, 1, 3):
         mx.random.seed(0)
         model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
         optimizer = optim.AdamW(learning_rate=3e-3)
-        grad_fn = nn.value_and_grad(model, partial(train.loss_fn, self_condition=self_condition))
+        grad_fn = nn.value_and_grad(model, partial(train.loss_fn, sc_passes=sc_passes))
         first, grads = grad_fn(model, *batch, temps)
         sc_grad = grads["model"]["decoder"]["self_conditioning"]["gate_proj"]["weight"]
-        assert (float(mx.abs(sc_grad).max()) > 0) == self_condition
+        assert (float(mx.abs(sc_grad).max()) > 0) == (sc_passes > 0)
         for _ in range(15):
             loss, grads = grad_fn(model, *batch, temps)
             optimizer.update(model, grads)
             mx.eval(model.parameters(), optimizer.state)
         last, _ = grad_fn(model, *batch, temps)
-        assert float(last) < 0.8 * float(first), (self_condition, float(first), float(last))
+        assert float(last) < 0.8 * float(first), (sc_passes, float(first), float(last))
+
+
+def test_a_self_conditioning_chain_feeds_each_pass_the_one_before():
+    """sc_passes=k grades the (k+1)-th pass of a chain: the same logits as running the chain by hand."""
+    model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
+    batch = train.make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0})
+    prompts, canvases, targets, mask = batch
+    temps = mx.array([0.5, 0.7, 0.9, 1.1])
+    cache = model.make_cache(4)
+    model.encode(prompts, cache)
+    sc, losses = None, []
+    for _ in range(3):
+        logits = model.decode(canvases, cache, sc)
+        ce = nn.losses.cross_entropy(logits, targets, reduction="none")
+        losses.append(float((ce * mask).sum() / mask.sum()))
+        sc = logits / temps[:, None, None]
+    got = [float(train.loss_fn(model, prompts, canvases, targets, mask, temps, k)) for k in range(3)]
+    np.testing.assert_allclose(got, losses, rtol=1e-5)
+    assert len(set(np.round(got, 6))) == 3  # each pass of the chain differs from the one before
 
 
 def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path, capsys):
@@ -102,6 +122,13 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     assert "--grow-layers deepens the --init checkpoint" in capsys.readouterr().err
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out), "--grow-layers", "1"])
     assert len(load(more)[0].layers) == 3
+
+    chain = ["--sc-chain", "3", "--sc-temp", "0.9", "1.1", "--seed", "7"]  # seed 7: chains of 0 and 3 passes
+    train.main([*common, "--out", str(more), "--steps", "4", "--init", str(out), *chain])
+    assert len(load(more)[0].layers) == 2
+    with pytest.raises(SystemExit):
+        train.main([*common, "--out", str(more), "--sc-temp", "1.2", "0.8"])
+    assert "--sc-temp LO HI needs 0 < LO <= HI" in capsys.readouterr().err
 
 
 def test_model_sizes_must_be_positive(capsys):
@@ -136,7 +163,7 @@ def test_a_grown_model_starts_as_exactly_its_checkpoint_and_can_learn(extra):
     for a, b in zip(*passes, strict=True):
         assert mx.array_equal(a, b)
 
-    grad_fn = nn.value_and_grad(grown, partial(train.loss_fn, self_condition=True))
+    grad_fn = nn.value_and_grad(grown, partial(train.loss_fn, sc_passes=1))
     _, grads = grad_fn(grown, *batch, mx.full((4,), 0.6))
     silent = [i for i, layer in enumerate(grown.layers) if not mx.any(layer.post_attention_layernorm.weight)]
     assert len(silent) == extra and types[silent[0]] == "sliding_attention"

@@ -7,6 +7,9 @@ place because inference pins them, so training never spends capacity on cells th
 asks about. Half of the batches take a second, self-conditioned pass fed with the first pass's
 logits divided by a temperature T ~ U(t_min, t_max) (no gradient through them), exactly as the
 sampler feeds its tempered logits back. The loss is cross-entropy on the non-given cells.
+`--sc-chain N` lets that earlier pass be the last of a chain of 1..N passes, each self-conditioned on
+the one before: the sampler's passes after its second are all of that kind, and a single earlier pass
+never shows the model a self-conditioning input that came from a self-conditioned pass.
 
 Data: puzzles from a pool generated with `puzzles.generate_puzzle` (graded, unique solutions), each
 drawn through a random Sudoku symmetry (digit relabelling, row/column moves within bands and stacks,
@@ -112,8 +115,8 @@ GENERATION_CONFIG = {
     "max_new_tokens": T.CANVAS_LENGTH,
     "max_denoising_steps": 48,
     "sampler_config": {"_cls_name": "EntropyBoundSamplerConfig", "entropy_bound": 0.1},
-    "t_min": 0.4,
-    "t_max": 0.8,
+    "t_min": 0.8,
+    "t_max": 1.2,
     "stability_threshold": 1,
     "confidence_threshold": 0.005,
     "eos_token_id": [T.EOS],
@@ -311,13 +314,20 @@ def make_batch(rng: np.random.Generator, pool: Pool, batch: int, mix: dict[str, 
 
 
 # -- training ----------------------------------------------------------------------------------------
-def loss_fn(model: Model, prompts, canvases, targets, mask, sc_temp, self_condition: bool):
+def loss_fn(model: Model, prompts, canvases, targets, mask, sc_temp, sc_passes: int):
+    """Cross-entropy of the pass that follows `sc_passes` earlier passes over the same canvas.
+
+    Each earlier pass is self-conditioned on the one before it (the first on nothing), with no
+    gradient through any of them, and feeds its logits / T forward as the sampler does. One earlier
+    pass is the usual self-conditioning recipe; a chain of several trains the pass the sampler runs
+    most often, one whose self-conditioning input came from an already self-conditioned pass.
+    """
     cache = model.make_cache(prompts.shape[0])
     model.encode(prompts, cache)
     sc = None
-    if self_condition:
-        first = mx.stop_gradient(model.decode(canvases, cache))
-        sc = (first / sc_temp[:, None, None]).astype(model.dtype)
+    for _ in range(sc_passes):
+        previous = mx.stop_gradient(model.decode(canvases, cache, sc))
+        sc = (previous / sc_temp[:, None, None]).astype(model.dtype)
     logits = model.decode(canvases, cache, sc)
     ce = nn.losses.cross_entropy(logits, targets, reduction="none")
     return (ce * mask).sum() / mask.sum()
@@ -377,6 +387,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-count", type=int, default=30)
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED)
+    p.add_argument(
+        "--sc-chain", type=positive_int, default=1, metavar="N",
+        help="self-conditioned batches chain 1..N earlier passes (default 1: the usual recipe)",
+    )
+    p.add_argument(
+        "--sc-temp", type=float, nargs=2, metavar=("LO", "HI"),
+        default=[GENERATION_CONFIG["t_min"], GENERATION_CONFIG["t_max"]],
+        help="self-conditioning temperature range (default: the shipped sampler schedule's)",
+    )
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop (and save) after this long")
     args = p.parse_args(argv)
 
@@ -390,6 +409,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--layers/--hidden/--experts size a new model; --init keeps its checkpoint's geometry")
     if args.grow_layers and not args.init:
         p.error("--grow-layers deepens the --init checkpoint; give --init")
+    if not 0 < args.sc_temp[0] <= args.sc_temp[1]:
+        p.error("--sc-temp LO HI needs 0 < LO <= HI")
 
     mx.random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -415,9 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
     state = [model.state, optimizer.state]
 
-    def make_step(self_condition: bool):
+    def make_step(sc_passes: int):
         def step(prompts, canvases, targets, mask, sc_temp):
-            grad_fn = nn.value_and_grad(model, partial(loss_fn, self_condition=self_condition))
+            grad_fn = nn.value_and_grad(model, partial(loss_fn, sc_passes=sc_passes))
             loss, grads = grad_fn(model, prompts, canvases, targets, mask, sc_temp)
             grads, _ = optim.clip_grad_norm(grads, 1.0)
             optimizer.update(model, grads)
@@ -427,15 +448,18 @@ def main(argv: list[str] | None = None) -> None:
 
     # Compiled (the model and optimizer state as implicit inputs/outputs): 5.4 s/step against 6.6 for
     # a 6-layer model on one CPU thread, as the many small element-wise ops fuse.
-    steps = {sc: mx.compile(make_step(sc), inputs=state, outputs=state) for sc in (False, True)}
+    steps = {k: mx.compile(make_step(k), inputs=state, outputs=state) for k in range(args.sc_chain + 1)}
     curve = args.out / "curve.jsonl"
     start = time.perf_counter()
     running = None
     for it in range(1, args.steps + 1):
         batch = make_batch(rng, pool, args.batch, mix)
-        sc_temp = mx.array(rng.uniform(0.4, 0.8, args.batch).astype(np.float32))
+        sc_temp = mx.array(rng.uniform(*args.sc_temp, args.batch).astype(np.float32))
+        sc_passes = 0
+        if rng.random() < 0.5:  # (one draw for the usual recipe, so older runs' data streams repeat)
+            sc_passes = 1 if args.sc_chain == 1 else int(rng.integers(1, args.sc_chain + 1))
         with fast_kernels():
-            loss = steps[bool(rng.random() < 0.5)](*batch, sc_temp)
+            loss = steps[sc_passes](*batch, sc_temp)
             mx.eval(state, loss)
         running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
         elapsed = (time.perf_counter() - start) / 60
