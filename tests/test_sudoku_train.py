@@ -29,6 +29,8 @@ def small_pool() -> train.Pool:
 def test_default_geometry_is_the_shipped_checkpoint():
     assert train.model_config() == train.model_config(4, 128, 4) == train.MODEL_CONFIG
     assert json.loads((ASSETS / "config.json").read_text()) == train.MODEL_CONFIG
+    # the sampler settings too: training evaluates with (and --sc-temp defaults to) what ships
+    assert json.loads((ASSETS / "generation_config.json").read_text()) == train.GENERATION_CONFIG
 
 
 def test_random_symmetry_keeps_a_puzzle_valid_and_unique():
