@@ -12,6 +12,7 @@ import pytest
 from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.loading import load
 from dgemma_mlx.model import Model
+from dgemma_mlx.sampler import entropy, log_probs
 from dgemma_mlx.sudoku import ASSETS, train
 from dgemma_mlx.sudoku import tokens as T
 from dgemma_mlx.sudoku.puzzles import generate_batch, has_unique_solution, is_valid_solution
@@ -57,23 +58,24 @@ def test_batches_never_corrupt_givens_and_score_only_blanks():
 
 def test_the_recipe_learns_with_and_without_self_conditioning():
     """A few AdamW steps on one batch must lower the loss, through the same `loss_fn` the trainer
-    uses; with self-conditioning (one earlier pass, or a chain of three) the graded pass's own
-    self-conditioning weights get a gradient too."""
+    uses; with self-conditioning (one earlier pass, a chain of three, or a rollout of two) the graded
+    pass's own self-conditioning weights get a gradient too."""
     batch = train.make_batch(np.random.default_rng(2), small_pool(), 8, {"easy": 1.0})
     temps = mx.full((8,), 0.6)
-    for sc_passes in (0, 1, 3):
+    rollout_of_two = (train.draw_rollout(np.random.default_rng(3), 2, 8),)
+    for sc_passes, rollout in ((0, ()), (1, ()), (3, ()), (2, rollout_of_two)):
         mx.random.seed(0)
         model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
         optimizer = optim.AdamW(learning_rate=3e-3)
         grad_fn = nn.value_and_grad(model, partial(train.loss_fn, sc_passes=sc_passes))
-        first, grads = grad_fn(model, *batch, temps)
+        first, grads = grad_fn(model, *batch, temps, *rollout)
         sc_grad = grads["model"]["decoder"]["self_conditioning"]["gate_proj"]["weight"]
         assert (float(mx.abs(sc_grad).max()) > 0) == (sc_passes > 0)
         for _ in range(15):
-            loss, grads = grad_fn(model, *batch, temps)
+            loss, grads = grad_fn(model, *batch, temps, *rollout)
             optimizer.update(model, grads)
             mx.eval(model.parameters(), optimizer.state)
-        last, _ = grad_fn(model, *batch, temps)
+        last, _ = grad_fn(model, *batch, temps, *rollout)
         assert float(last) < 0.8 * float(first), (sc_passes, float(first), float(last))
 
 
@@ -91,12 +93,57 @@ def test_a_self_conditioning_chain_feeds_each_pass_the_one_before():
         ce = nn.losses.cross_entropy(logits, targets, reduction="none")
         losses.append(float((ce * mask).sum() / mask.sum()))
         sc = logits / temps[:, None, None]
-    got = [float(train.loss_fn(model, prompts, canvases, targets, mask, temps, k)) for k in range(3)]
+    got = [float(train.loss_fn(model, *batch, temps, sc_passes=k)) for k in range(3)]
     np.testing.assert_allclose(got, losses, rtol=1e-5)
     assert len(set(np.round(got, 6))) == 3  # each pass of the chain differs from the one before
 
 
-def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path, capsys):
+def test_the_sampler_canvas_keeps_the_surest_samples_and_renoises_the_rest():
+    """Like the sampler: givens stay, the lowest-entropy `fraction` of a row's blanks take the pass's
+    sample (here forced by the Gumbel noise), every other blank takes the fresh noise."""
+    rng = np.random.default_rng(4)
+    B, L, V = 3, T.CANVAS_LENGTH, T.VOCAB_SIZE
+    z = mx.array((rng.normal(size=(B, L, V)) * rng.uniform(0.1, 8, (B, L, 1))).astype(np.float32))
+    canvases = mx.array(rng.integers(0, V, (B, L)).astype(np.int32))
+    blank = mx.array(rng.random((B, L)) < 0.6)
+    forced = rng.integers(0, V, (B, L))
+    gumbel = mx.array(np.where(np.arange(V) == forced[..., None], 1e4, 0.0).astype(np.float32))
+    noise = mx.array(((np.array(canvases) + 1) % V).astype(np.int32))  # never equal to the old canvas
+    out = np.array(train.sampler_canvas(z, canvases, blank, gumbel, noise, mx.array([0.0, 0.5, 1.0])))
+    blank_np = np.array(blank)
+    ent = np.array(entropy(log_probs(z)))
+    assert (out[~blank_np] == np.array(canvases)[~blank_np]).all()
+    for row, fraction in enumerate((0.0, 0.5, 1.0)):
+        cells = np.flatnonzero(blank_np[row])
+        kept = np.sort(cells[np.argsort(ent[row, cells])][: int(fraction * len(cells))])
+        renoised = np.setdiff1d(cells, kept)
+        assert (out[row, kept] == forced[row, kept]).all()
+        assert (out[row, renoised] == np.array(noise)[row, renoised]).all()
+        assert len(kept) == int(fraction * len(cells))
+
+
+def test_a_rollout_grades_the_pass_after_the_sampler_rewrote_the_canvas():
+    """With `rollout`, each earlier pass hands the next the canvas `sampler_canvas` builds from it."""
+    model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
+    batch = train.make_batch(np.random.default_rng(6), small_pool(), 4, {"easy": 1.0})
+    prompts, canvases, targets, mask = batch
+    temps = mx.array([0.5, 0.7, 0.9, 1.1])
+    rollout = train.draw_rollout(np.random.default_rng(7), 2, 4)
+    cache = model.make_cache(4)
+    model.encode(prompts, cache)
+    x, sc = canvases, None
+    for i in range(2):
+        z = model.decode(x, cache, sc) / temps[:, None, None]
+        x = train.sampler_canvas(z, x, mask > 0, *(a[i] for a in rollout))
+        sc = z
+    ce = nn.losses.cross_entropy(model.decode(x, cache, sc), targets, reduction="none")
+    by_hand = float((ce * mask).sum() / mask.sum())
+    got = float(train.loss_fn(model, *batch, temps, rollout, sc_passes=2))
+    np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+    assert not np.allclose(got, float(train.loss_fn(model, *batch, temps, sc_passes=2)))  # it did rewrite
+
+
+def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path, capsys, monkeypatch):
     pool, out, more = tmp_path / "pool", tmp_path / "run", tmp_path / "run2"
     train.main(["--make-pool", str(pool), "--pool-sizes", "2", "2", "1"])
     assert sorted(f.name for f in pool.iterdir()) == [
@@ -125,9 +172,13 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out), "--grow-layers", "1"])
     assert len(load(more)[0].layers) == 3
 
-    chain = ["--sc-chain", "3", "--sc-temp", "0.9", "1.1", "--seed", "7"]  # seed 7: chains of 0 and 3 passes
-    train.main([*common, "--out", str(more), "--steps", "4", "--init", str(out), *chain])
+    drawn = []  # (passes, batch) of each rollout the trainer drew
+    draw = train.draw_rollout
+    monkeypatch.setattr(train, "draw_rollout", lambda rng, n, b: drawn.append((n, b)) or draw(rng, n, b))
+    chain = ["--sc-chain", "3", "--sc-temp", "0.9", "1.1", "--seed", "7", "--rollout"]
+    train.main([*common, "--out", str(more), "--steps", "6", "--init", str(out), *chain])
     assert len(load(more)[0].layers) == 2
+    assert 0 < len(drawn) < 6 and all(1 <= n <= 3 and b == 4 for n, b in drawn), drawn  # only SC batches
     with pytest.raises(SystemExit):
         train.main([*common, "--out", str(more), "--sc-temp", "1.2", "0.8"])
     assert "--sc-temp LO HI needs 0 < LO <= HI" in capsys.readouterr().err

@@ -9,7 +9,9 @@ logits divided by a temperature T ~ U(t_min, t_max) (no gradient through them), 
 sampler feeds its tempered logits back. The loss is cross-entropy on the non-given cells.
 `--sc-chain N` lets that earlier pass be the last of a chain of 1..N passes, each self-conditioned on
 the one before: the sampler's passes after its second are all of that kind, and a single earlier pass
-never shows the model a self-conditioning input that came from a self-conditioned pass.
+never shows the model a self-conditioning input that came from a self-conditioned pass. `--rollout`
+lets each earlier pass also rewrite the canvas as the sampler does (its own samples on the cells it
+was surest of, fresh noise elsewhere), so the graded pass learns to correct the model's own mistakes.
 
 Data: puzzles from a pool generated with `puzzles.generate_puzzle` (graded, unique solutions), each
 drawn through a random Sudoku symmetry (digit relabelling, row/column moves within bands and stacks,
@@ -55,6 +57,7 @@ from mlx.utils import tree_flatten
 from ..config import DEFAULT_ROPE, FULL, SLIDING, ModelConfig
 from ..generation_config import GenerationConfig
 from ..model import Model
+from ..sampler import entropy, gumbel_sample, log_probs
 from . import tokens as T
 
 
@@ -314,23 +317,58 @@ def make_batch(rng: np.random.Generator, pool: Pool, batch: int, mix: dict[str, 
 
 
 # -- training ----------------------------------------------------------------------------------------
-def loss_fn(model: Model, prompts, canvases, targets, mask, sc_temp, sc_passes: int):
+def sampler_canvas(z, canvases, blank, gumbel, noise, fraction):
+    """The canvas the sampler hands the next pass, after a pass whose tempered logits were `z`.
+
+    Why: in training every uncorrupted cell is right, while at inference the canvas holds the previous
+    pass's own samples wherever it was most certain, and those can be wrong yet plausible. A model that
+    never saw such a canvas believes it: run 6 fails medium puzzles on full, confident grids a few cells
+    off (TRAINING.md). As in the sampler, a blank cell keeps its sample if it is in the lowest-entropy
+    prefix and gets fresh uniform noise otherwise (givens stay); the sampler's prefix length follows its
+    entropy bound and how sure the pass is, here it is a random `fraction` of a row's blanks, so every
+    size is trained.
+    """
+    logp = log_probs(z)
+    ent = mx.where(blank, entropy(logp), mx.inf)
+    rank = mx.argsort(mx.argsort(ent, axis=-1), axis=-1)
+    accepted = blank & (rank < mx.floor(fraction * blank.sum(axis=-1))[:, None])
+    return mx.where(accepted, gumbel_sample(logp, gumbel), mx.where(blank, noise, canvases))
+
+
+def loss_fn(model: Model, prompts, canvases, targets, mask, sc_temp, rollout=None, *, sc_passes: int):
     """Cross-entropy of the pass that follows `sc_passes` earlier passes over the same canvas.
 
     Each earlier pass is self-conditioned on the one before it (the first on nothing), with no
     gradient through any of them, and feeds its logits / T forward as the sampler does. One earlier
     pass is the usual self-conditioning recipe; a chain of several trains the pass the sampler runs
     most often, one whose self-conditioning input came from an already self-conditioned pass.
+    With `rollout` (Gumbel noise [P,B,L,V], canvas noise [P,B,L], accepted fractions [P,B], one row
+    per earlier pass) each earlier pass also rewrites the canvas as the sampler would
+    (`sampler_canvas`), so the graded pass sees the model's own samples, mistakes included.
     """
     cache = model.make_cache(prompts.shape[0])
     model.encode(prompts, cache)
     sc = None
-    for _ in range(sc_passes):
+    blank = mask > 0
+    for i in range(sc_passes):
         previous = mx.stop_gradient(model.decode(canvases, cache, sc))
-        sc = (previous / sc_temp[:, None, None]).astype(model.dtype)
+        z = previous / sc_temp[:, None, None]
+        if rollout is not None:
+            gumbel, noise, fraction = (a[i] for a in rollout)
+            canvases = sampler_canvas(z, canvases, blank, gumbel, noise, fraction)
+        sc = z.astype(model.dtype)
     logits = model.decode(canvases, cache, sc)
     ce = nn.losses.cross_entropy(logits, targets, reduction="none")
     return (ce * mask).sum() / mask.sum()
+
+
+def draw_rollout(rng: np.random.Generator, passes: int, batch: int) -> tuple[mx.array, mx.array, mx.array]:
+    """The random inputs of `sampler_canvas` for `passes` earlier passes (see `loss_fn`)."""
+    shape = (passes, batch, T.CANVAS_LENGTH)
+    uniform = rng.random((*shape, T.VOCAB_SIZE), dtype=np.float32)
+    gumbel = -np.log(-np.log(np.clip(uniform, 1e-7, 1 - 1e-7)))
+    noise = rng.integers(0, T.VOCAB_SIZE, shape).astype(np.int32)
+    return mx.array(gumbel), mx.array(noise), mx.array(rng.random(shape[:2]).astype(np.float32))
 
 
 def evaluate(model: Model, seed: int, count: int) -> dict[str, tuple[float, float]]:
@@ -396,6 +434,10 @@ def main(argv: list[str] | None = None) -> None:
         default=[GENERATION_CONFIG["t_min"], GENERATION_CONFIG["t_max"]],
         help="self-conditioning temperature range (default: the shipped sampler schedule's)",
     )
+    p.add_argument(
+        "--rollout", action="store_true",
+        help="earlier passes also rewrite the canvas as the sampler does (their samples where surest)",
+    )
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop (and save) after this long")
     args = p.parse_args(argv)
 
@@ -437,9 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     state = [model.state, optimizer.state]
 
     def make_step(sc_passes: int):
-        def step(prompts, canvases, targets, mask, sc_temp):
+        def step(*arrays):
             grad_fn = nn.value_and_grad(model, partial(loss_fn, sc_passes=sc_passes))
-            loss, grads = grad_fn(model, prompts, canvases, targets, mask, sc_temp)
+            loss, grads = grad_fn(model, *arrays)
             grads, _ = optim.clip_grad_norm(grads, 1.0)
             optimizer.update(model, grads)
             return loss
@@ -458,8 +500,9 @@ def main(argv: list[str] | None = None) -> None:
         sc_passes = 0
         if rng.random() < 0.5:  # (one draw for the usual recipe, so older runs' data streams repeat)
             sc_passes = 1 if args.sc_chain == 1 else int(rng.integers(1, args.sc_chain + 1))
+        rollout = (draw_rollout(rng, sc_passes, args.batch),) if args.rollout and sc_passes else ()
         with fast_kernels():
-            loss = steps[sc_passes](*batch, sc_temp)
+            loss = steps[sc_passes](*batch, sc_temp, *rollout)
             mx.eval(state, loss)
         running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
         elapsed = (time.perf_counter() - start) / 60
