@@ -153,6 +153,8 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     ]
     common = ["--pool", str(pool), "--batch", "4", "--eval-every", "2", "--eval-count", "1"]
     train.main([*common, "--out", str(out), "--steps", "2", *TINY])
+    printed = capsys.readouterr().out
+    assert "pool 2 easy, 2 medium, 1 hard;" in printed and "pool_sizes" not in printed  # what is used only
     curve = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [row["step"] for row in curve] == [2]
     assert {"easy_solved", "medium_solved", "easy_passes", "loss"} <= set(curve[0])
@@ -171,6 +173,11 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     assert "--grow-layers deepens the --init checkpoint" in capsys.readouterr().err
     train.main([*common, "--out", str(more), "--steps", "1", "--init", str(out), "--grow-layers", "1"])
     assert len(load(more)[0].layers) == 3
+    only_full = tmp_path / "full"  # one full-attention layer: nothing for new sliding layers to follow
+    train.main([*common, "--out", str(only_full), "--steps", "1", *TINY[2:], "--layers", "1"])
+    with pytest.raises(SystemExit):
+        train.main([*common, "--out", str(more), "--init", str(only_full), "--grow-layers", "1"])
+    assert "has no sliding-attention layer for new layers to follow" in capsys.readouterr().err
 
     drawn = []  # (passes, batch) of each rollout the trainer drew
     draw = train.draw_rollout

@@ -167,6 +167,8 @@ def grow(init: Path, extra: int) -> tuple[Model, dict]:
     text = config["text_config"]
     types = text["layer_types"]
     sliding = [i for i, t in enumerate(types) if t == SLIDING][::-1]
+    if not sliding:
+        raise ValueError(f"{init} has no sliding-attention layer for new layers to follow")
     after = [sliding[k % len(sliding)] for k in range(extra)]
     order: list[int | None] = []
     for i in range(len(types)):
@@ -459,7 +461,10 @@ def main(argv: list[str] | None = None) -> None:
     pool = load_pool(args.pool)
     mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
     if args.grow_layers:
-        model, config = grow(args.init, args.grow_layers)
+        try:
+            model, config = grow(args.init, args.grow_layers)
+        except ValueError as e:
+            p.error(f"--grow-layers: {e}")
     else:
         config = json.loads((args.init / "config.json").read_text()) if args.init else model_config(**sizes)
         model = Model(ModelConfig.from_dict(config))
@@ -467,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
             model.load_weights(str(args.init / "model.safetensors"))
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     pool_sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
-    print(f"pool {pool_sizes}; model {n_params / 1e6:.2f}M params; args {vars(args)}", flush=True)
+    used = {k: v for k, v in vars(args).items() if k not in ("make_pool", "pool_sizes")}  # pool-making only
+    print(f"pool {pool_sizes}; model {n_params / 1e6:.2f}M params; args {used}", flush=True)
     save_checkpoint(model, config, args.out)
 
     def schedule(step):
