@@ -17,7 +17,7 @@ from dgemma_mlx.sudoku import ASSETS, train
 from dgemma_mlx.sudoku import tokens as T
 from dgemma_mlx.sudoku.puzzles import generate_batch, has_unique_solution, is_valid_solution
 
-TINY = ["--layers", "2", "--hidden", "32", "--experts", "2"]
+TINY = ["--layers", "2", "--hidden", "32", "--experts", "2", "--heads", "2"]
 
 
 def small_pool() -> train.Pool:
@@ -159,6 +159,8 @@ def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_
     assert {"easy_solved", "medium_solved", "easy_passes", "loss"} <= set(curve[0])
     model, tokenizer = load(out)
     assert len(model.layers) == 2 and model.vocab_size == T.VOCAB_SIZE
+    text = json.loads((out / "config.json").read_text())["text_config"]
+    assert (text["num_attention_heads"], text["num_key_value_heads"]) == (2, 1)  # --heads, KV shared in pairs
     assert tokenizer is not None
 
     with pytest.raises(SystemExit):  # a warm start keeps its geometry: resizing it is an error
@@ -197,6 +199,8 @@ def test_model_sizes_must_be_positive(capsys):
     assert "must be a positive integer, got 0" in capsys.readouterr().err
     assert train.model_config(layers=6)["text_config"]["num_hidden_layers"] == 6
     assert train.model_config()["text_config"]["hidden_size"] == 128
+    eight = train.model_config(heads=8)["text_config"]
+    assert (eight["num_attention_heads"], eight["num_key_value_heads"], eight["head_dim"]) == (8, 4, 32)
 
 
 @pytest.mark.parametrize("extra", [2, 4])
