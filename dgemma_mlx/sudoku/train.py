@@ -146,6 +146,8 @@ def model_config(
     hidden = text["hidden_size"] if hidden is None else hidden
     experts = text["num_experts"] if experts is None else experts
     heads = text["num_attention_heads"] if heads is None else heads
+    if heads % 2:
+        raise ValueError(f"needs an even number of heads (query heads share KV heads in pairs), got {heads}")
     text |= {
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=positive_int, help="new models only (default: the shipped 4)")
     p.add_argument("--hidden", type=positive_int, help="new models only (default: the shipped 128)")
     p.add_argument("--experts", type=positive_int, help="new models only (default: the shipped 4)")
-    p.add_argument("--heads", type=positive_int, help="new models only (default: the shipped 4)")
+    p.add_argument("--heads", type=positive_int, help="new models only, even (default: the shipped 4)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -458,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.pool and args.out):
         p.error("--pool and --out are required for training")
     sizes = {"layers": args.layers, "hidden": args.hidden, "experts": args.experts, "heads": args.heads}
+    if args.heads and args.heads % 2:
+        p.error(f"--heads: query heads share KV heads in pairs, so it must be even, got {args.heads}")
     if args.init and any(v is not None for v in sizes.values()):
         p.error(
             "--layers/--hidden/--experts/--heads size a new model;"
