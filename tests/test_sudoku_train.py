@@ -203,7 +203,9 @@ def test_model_sizes_must_be_positive(capsys):
     assert (eight["num_attention_heads"], eight["num_key_value_heads"], eight["head_dim"]) == (8, 4, 32)
     with pytest.raises(SystemExit):  # KV heads are shared in pairs: an odd count has no geometry
         train.main(["--pool", "p", "--out", "o", "--heads", "3"])
-    assert "KV heads in pairs, so it must be even, got 3" in capsys.readouterr().err
+    assert "--heads: needs an even number of heads (query heads share KV heads in pairs), got 3" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(ValueError, match="even number of heads"):
         train.model_config(heads=5)
 

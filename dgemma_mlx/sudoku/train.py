@@ -154,7 +154,7 @@ def model_config(
         "moe_intermediate_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": max(1, heads // 2),
+        "num_key_value_heads": heads // 2,
         "num_experts": experts,
         "top_k_experts": min(2, experts),
         "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"],
@@ -460,13 +460,15 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.pool and args.out):
         p.error("--pool and --out are required for training")
     sizes = {"layers": args.layers, "hidden": args.hidden, "experts": args.experts, "heads": args.heads}
-    if args.heads and args.heads % 2:
-        p.error(f"--heads: query heads share KV heads in pairs, so it must be even, got {args.heads}")
     if args.init and any(v is not None for v in sizes.values()):
         p.error(
             "--layers/--hidden/--experts/--heads size a new model;"
             " --init keeps its checkpoint's geometry"
         )
+    try:
+        new_config = None if args.init else model_config(**sizes)
+    except ValueError as e:
+        p.error(f"--heads: {e}")
     if args.grow_layers and not args.init:
         p.error("--grow-layers deepens the --init checkpoint; give --init")
     if not 0 < args.sc_temp[0] <= args.sc_temp[1]:
@@ -482,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             p.error(f"--grow-layers: {e}")
     else:
-        config = json.loads((args.init / "config.json").read_text()) if args.init else model_config(**sizes)
+        config = json.loads((args.init / "config.json").read_text()) if args.init else new_config
         model = Model(ModelConfig.from_dict(config))
         if args.init:
             model.load_weights(str(args.init / "model.safetensors"))
