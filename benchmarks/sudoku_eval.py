@@ -5,8 +5,11 @@ evaluation 777). Puzzles are solved in batches (rows stop independently, so a ba
 wall time). `--recipe` quantizes the model in memory first, to measure how precision changes the
 solve rate and the passes a canvas needs (this is how `dgemma convert`'s default recipe was chosen).
 `--model` evaluates another checkpoint directory, e.g. one that `dgemma_mlx.sudoku.train` is writing.
+`--attempts` is the number of solves tried per puzzle, as `dgemma sudoku --attempts` (same default): the
+table gives the rate of the first attempt alone (the model and sampler as they are) and of all of
+them, and the passes of all attempts.
 
-    python benchmarks/sudoku_eval.py [--count 500] [--seed 20261124] [--recipe none|uniform|mixed|...]
+    python benchmarks/sudoku_eval.py [--count 500] [--seed 20261124] [--attempts 8] [--recipe none|mixed|...]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from dgemma_mlx.loading import load
 from dgemma_mlx.quantization import RECIPES, quantize_model
-from dgemma_mlx.sudoku import ASSETS
+from dgemma_mlx.sudoku import ASSETS, DEFAULT_ATTEMPTS
 from dgemma_mlx.sudoku.puzzles import DIFFICULTIES, generate_batch
 from dgemma_mlx.sudoku.solver_model import solve_grids, solve_rate_and_passes
 
@@ -30,6 +33,7 @@ def main() -> None:
     p.add_argument("--recipe", default="none", choices=["none", *RECIPES])
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--batch", type=int, default=100, help="puzzles solved together")
+    p.add_argument("--attempts", type=int, default=DEFAULT_ATTEMPTS, help="solves tried per puzzle")
     p.add_argument("--model", type=Path, default=ASSETS, help="checkpoint directory (default: bundled)")
     args = p.parse_args()
 
@@ -37,19 +41,26 @@ def main() -> None:
     if args.recipe != "none":
         quantize_model(model, bits=args.bits, group_size=64, recipe=args.recipe)
     label = "float32" if args.recipe == "none" else f"{args.bits}-bit {args.recipe}"
-    print(f"model: {args.model} ({label}); {args.count} puzzles per difficulty, seed {args.seed}")
-    print(f"{'difficulty':<10} {'solved':>9} {'rate':>7} {'passes':>7} {'s/puzzle':>9}", flush=True)
+    print(
+        f"model: {args.model} ({label}); {args.count} puzzles per difficulty, seed {args.seed}, "
+        f"up to {args.attempts} attempts"
+    )
+    widths = {"solved": 9, "rate": 7, "passes": 7, "attempts": 9, "1st attempt": 12, "s/puzzle": 9}
+    print(f"{'difficulty':<10} " + " ".join(f"{c:>{w}}" for c, w in widths.items()), flush=True)
     for difficulty in args.difficulties:
         puzzles = [pz.puzzle for pz in generate_batch(args.seed, difficulty, args.count)]
         t0 = time.perf_counter()
         results = []
         for start in range(0, len(puzzles), args.batch):
-            results += solve_grids(model, puzzles[start : start + args.batch], seed=args.seed + start)
+            batch = puzzles[start : start + args.batch]
+            results += solve_grids(model, batch, seed=args.seed + start, attempts=args.attempts)
         dt = (time.perf_counter() - t0) / len(puzzles)
         rate, passes = solve_rate_and_passes(results)
         solved = f"{sum(r.valid for r in results)}/{len(results)}"
-        line = f"{difficulty:<10} {solved:>9} {rate:>6.1%} {passes:>7.1f} {dt:>9.3f}"
-        print(line, flush=True)
+        attempts = sum(r.attempts for r in results) / len(results)
+        first = sum(r.valid and r.attempts == 1 for r in results) / len(results)
+        line = f"{difficulty:<10} {solved:>9} {rate:>6.1%} {passes:>7.1f} {attempts:>9.2f} {first:>11.1%}"
+        print(f"{line} {dt:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":

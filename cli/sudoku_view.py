@@ -1,8 +1,10 @@
 """The Sudoku board view: a 9x9 grid whose cells change pass by pass as the canvas denoises.
 
-Consumes only engine events. Givens are pinned and drawn bold; every other cell shows the current
-draft digit coloured by its state on this pass (accepted now, still noise, unchanged) and dimmed by
-the model's confidence. Redraws are throttled; off a TTY nothing is animated and no ANSI is written.
+Consumes only engine and solver events. Givens are pinned and drawn bold; every other cell shows the
+current draft digit coloured by its state on this pass (accepted now, still noise, unchanged) and
+dimmed by the model's confidence. A retry (a transformed copy of the puzzle) is announced above the
+board, which keeps the puzzle's own layout: the solver maps every pass back. Redraws are throttled;
+off a TTY nothing is animated and no ANSI is written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from rich.text import Text
 
 from dgemma_mlx.events import PassEvent
 from dgemma_mlx.sudoku import tokens as T
+from dgemma_mlx.sudoku.solver_model import AttemptEvent
 
 REDRAW_INTERVAL = 1 / 15  # seconds; the view must cost a sliver of a pass
 
@@ -74,6 +77,7 @@ class SudokuLiveView:
         self.live = Live(console=console, auto_refresh=False, transient=False)
         self.last_draw = 0.0
         self.last_event: PassEvent | None = None
+        self.attempt: AttemptEvent | None = None
 
     def __enter__(self) -> SudokuLiveView:
         self.live.__enter__()
@@ -84,6 +88,21 @@ class SudokuLiveView:
         if self.last_event is not None:
             self._draw(self._frame(self.last_event))
         self.live.__exit__(*exc)
+
+    def start_attempt(self, event: AttemptEvent) -> None:
+        """A retry means the attempt before it ended on an invalid grid: say so, then start afresh."""
+        if event.attempt > 1:
+            if self.last_event is not None:
+                self._draw(self._frame(self.last_event))  # the failed grid as it ended
+            passes = event.passes_so_far - (self.attempt.passes_so_far if self.attempt else 0)
+            self.live.console.print(
+                Text.assemble(
+                    (f"attempt {event.attempt - 1}: no valid solution ({passes} passes); ", "red"),
+                    "retrying on a transformed copy of the puzzle",
+                )
+            )
+        self.attempt = event
+        self.last_event = None
 
     def update(self, event: PassEvent) -> None:
         self.last_event = event
@@ -100,8 +119,10 @@ class SudokuLiveView:
             header = Text(f"{self.title}  starting…", style="bold")
             return Group(header, render_board(self.puzzle, self.puzzle))
         digits = T.decode_canvas(event.draft[0])
+        attempt = self.attempt
         header = Text.assemble(
             (self.title, "bold"),
+            f"  attempt {attempt.attempt}/{attempt.attempts}" if attempt and attempt.attempts > 1 else "",
             f"  pass {event.pass_index}/{event.max_steps}",
             f"  T={event.temperature:.2f}",
             f"  mean entropy {float(np.mean(event.entropy[0])):.3f}",

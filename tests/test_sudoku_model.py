@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 from dgemma_mlx import load
 from dgemma_mlx.cli.app import app
-from dgemma_mlx.sudoku import ASSETS
+from dgemma_mlx.events import PassEvent
+from dgemma_mlx.sudoku import ASSETS, DEFAULT_ATTEMPTS
+from dgemma_mlx.sudoku import tokens as T
 from dgemma_mlx.sudoku.puzzles import format_puzzle, generate_batch, is_valid_solution
-from dgemma_mlx.sudoku.solver_model import solve_grid
+from dgemma_mlx.sudoku.solver_model import AttemptEvent, SudokuResult, solve_grid, solve_grids, solve_stream
 
 EASY_SEED, EASY_COUNT = 4242, 16  # a fixed set: the first 16 easy puzzles of this seed, not hand-picked
 
@@ -52,6 +54,51 @@ def test_bundled_model_solves_a_fixed_set_of_easy_puzzles(bundled):
     assert again == results[0]  # reproducible by seed
 
 
+@pytest.fixture(scope="module")
+def retried(bundled):
+    """Medium puzzles (a fixed set) solved with up to four attempts, and with one."""
+    model, _ = bundled
+    puzzles = [p.puzzle for p in generate_batch(31, "medium", 12)]
+    return puzzles, solve_grids(model, puzzles, seed=5, attempts=4), solve_grids(model, puzzles, seed=5)
+
+
+def test_retries_answer_the_puzzle_as_given(retried):
+    """Later attempts solve a transformed copy; their answers must come back in the puzzle's own cells
+    and digits, or they would not be valid solutions of it."""
+    puzzles, results, single = retried
+    for puzzle, r, one in zip(puzzles, results, single, strict=True):
+        assert r.puzzle == tuple(puzzle)
+        assert all(r.solution[i] == v for i, v in enumerate(puzzle) if v)  # givens pinned, mapped back
+        assert r.valid == is_valid_solution(r.solution, puzzle)
+        assert 1 <= r.attempts <= 4 and (r.valid or r.attempts == 4)
+        assert r.passes <= 48 * r.attempts
+        assert (r.attempts == 1) == one.valid  # the first attempt is the plain solve
+        if one.valid:
+            assert r == one
+        else:
+            assert r.passes > one.passes
+    assert any(r.valid and r.attempts > 1 for r in results)  # a transformed copy solved one here
+
+
+def test_stream_shows_every_attempt_in_the_puzzles_own_frame(bundled):
+    """The live view draws these events on the puzzle's own board, whatever copy the model sees."""
+    model, _ = bundled
+    puzzle = generate_batch(31, "medium", 3)[2].puzzle  # seed 5 solves it at the second attempt
+    events = list(solve_stream(model, puzzle, seed=5, attempts=4))
+    attempts = [e for e in events if isinstance(e, AttemptEvent)]
+    assert [a.attempt for a in attempts] == [1, 2]
+    givens = {i: T.DIGIT0 + v for i, v in enumerate(puzzle) if v}
+    passes = [e for e in events if isinstance(e, PassEvent)]
+    for e in passes:
+        assert all(e.draft[0, i] == token for i, token in givens.items())
+    result = events[-1]
+    assert isinstance(result, SudokuResult) and result.valid and result.attempts == 2
+    before_retry = events[: events.index(attempts[1])]
+    assert attempts[1].passes_so_far == sum(isinstance(e, PassEvent) for e in before_retry)
+    assert result.passes == len(passes)
+    assert result == solve_grids(model, [puzzle], seed=5, attempts=4)[0]  # one row: the same solve
+
+
 def test_loading_the_bundled_model_prints_nothing():
     """A fresh process: transformers' RoPE validation (run by AutoTokenizer on config.json) warns about
     the grid RoPE's linear factor < 1 on every load unless the tokenizer loader keeps it quiet."""
@@ -68,7 +115,9 @@ def test_sudoku_json_command():
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 3
     for row in rows:
-        assert set(row) == {"puzzle", "solution", "valid", "passes"}
+        assert set(row) == {"puzzle", "solution", "valid", "passes", "attempts"}
+        assert 1 <= row["attempts"] <= DEFAULT_ATTEMPTS
+        assert row["valid"] or row["attempts"] == DEFAULT_ATTEMPTS
         assert len(row["puzzle"]) == 81 and len(row["solution"]) == 81
         solution = [int(c) if c != "." else 0 for c in row["solution"]]
         puzzle = [int(c) if c != "." else 0 for c in row["puzzle"]]
@@ -81,6 +130,11 @@ def test_sudoku_solves_a_given_puzzle_in_plain_text():
     assert result.exit_code == 0, result.output
     assert "model's answer" in result.stdout and "passes" in result.stdout
     assert "\x1b[" not in result.stdout
+
+
+def test_attempts_must_be_positive():
+    result = CliRunner().invoke(app, ["sudoku", "--attempts", "0"])
+    assert result.exit_code == 2 and "--attempts" in result.output
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-# The bundled checkpoint; here rather than in solver_model so `dgemma --help` can name it without
-# importing the model code.
-ASSETS = Path(__file__).parent / "assets"
+# Here rather than in solver_model so `dgemma --help` can name them without importing the model code.
+ASSETS = Path(__file__).parent / "assets"  # the bundled checkpoint
+DEFAULT_ATTEMPTS = 8  # solves `dgemma sudoku` and the benchmark try per puzzle (solver_model explains)

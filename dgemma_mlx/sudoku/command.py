@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 from ..errors import DGemmaError
-from ..events import FinishEvent, PassEvent
-from . import ASSETS
+from ..events import PassEvent
+from . import ASSETS, DEFAULT_ATTEMPTS
 from .puzzles import DIFFICULTIES, format_puzzle, generate_puzzle, parse_puzzle
 
 
@@ -27,13 +27,17 @@ def sudoku_command(
     difficulty: Difficulty = typer.Option(Difficulty.easy, "--difficulty", "-d", help="of generated puzzles"),
     count: int = typer.Option(1, "--count", "-n", min=1, help="how many puzzles to generate and solve"),
     seed: int | None = typer.Option(None, "--seed", help="puzzle and sampler seed (random if omitted)"),
+    attempts: int = typer.Option(
+        DEFAULT_ATTEMPTS, "--attempts", min=1,
+        help="solves to try until one is valid; each retry sees a relabelled, rearranged copy of the puzzle",
+    ),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per puzzle on stdout, no board"),
     model_path: Path = typer.Option(ASSETS, "--model", help="a Sudoku DiffusionGemma (default: bundled)"),
 ) -> None:
     """Watch DiffusionGemma solve Sudoku: every blank cell is refined in parallel, pass by pass."""
     err = Console(stderr=True)
     try:
-        run(puzzle, difficulty.value, count, seed, as_json, model_path)
+        run(puzzle, difficulty.value, count, seed, attempts, as_json, model_path)
     except DGemmaError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
@@ -43,7 +47,13 @@ def sudoku_command(
 
 
 def run(
-    puzzle: str | None, difficulty: str, count: int, seed: int | None, as_json: bool, model_path: Path
+    puzzle: str | None,
+    difficulty: str,
+    count: int,
+    seed: int | None,
+    attempts: int,
+    as_json: bool,
+    model_path: Path,
 ) -> None:
     from ..loading import load  # MLX and mlx-lm: paid by a solve, not by `dgemma --help`
 
@@ -59,41 +69,41 @@ def run(
     for k, grid in enumerate(grids):
         sample_seed = rng.randrange(2**31) if seed is not None else None
         title = f"Sudoku {k + 1}/{len(grids)}" if len(grids) > 1 else "Sudoku"
-        result = solve_one(model, console, grid, sample_seed, title, live, as_json)
+        result = solve_one(model, console, grid, sample_seed, attempts, title, live, as_json)
         solved += result.valid
         if as_json:
             print(json.dumps(
                 {"puzzle": format_puzzle(grid), "solution": format_puzzle(result.solution),
-                 "valid": result.valid, "passes": result.passes}
+                 "valid": result.valid, "passes": result.passes, "attempts": result.attempts}
             ), flush=True)
     if len(grids) > 1 and not as_json:
         console.print(f"solved {solved}/{len(grids)}")
 
 
-def solve_one(model, console: Console, grid, seed, title: str, live: bool, quiet: bool):
+def solve_one(model, console: Console, grid, seed, attempts: int, title: str, live: bool, quiet: bool):
     """Solve one grid, drawing the board live on a terminal or plain text (no ANSI) otherwise."""
     from dgemma_mlx.cli.sudoku_view import SudokuLiveView, plain_board
 
-    from .solver_model import result_of, solve_stream
+    from .solver_model import AttemptEvent, SudokuResult, solve_stream
 
-    events = solve_stream(model, grid, seed=seed)
+    events = solve_stream(model, grid, seed=seed, attempts=attempts)
     result = None
     if live:
         with SudokuLiveView(console, grid, title) as view:
             for event in events:
-                if isinstance(event, PassEvent):
+                if isinstance(event, AttemptEvent):
+                    view.start_attempt(event)
+                elif isinstance(event, PassEvent):
                     view.update(event)
-                elif isinstance(event, FinishEvent):
-                    result = result_of(grid, event)
+                elif isinstance(event, SudokuResult):
+                    result = event
     else:
-        for event in events:
-            if isinstance(event, FinishEvent):
-                result = result_of(grid, event)
+        result = next(e for e in events if isinstance(e, SudokuResult))
     assert result is not None
     if not quiet:
         if not live:
             print(f"{title}: puzzle\n{plain_board(grid)}\nmodel's answer\n{plain_board(result.solution)}")
         verdict = "[green]valid solution[/]" if result.valid else "[red]not a valid solution[/]"
-        console.print(f"{verdict} after {result.passes} passes", highlight=False)
+        tries = f" ({result.attempts} attempts)" if result.attempts > 1 else ""
+        console.print(f"{verdict} after {result.passes} passes{tries}", highlight=False)
     return result
-

@@ -60,6 +60,7 @@ from ..generation_config import GenerationConfig
 from ..model import Model
 from ..sampler import entropy, gumbel_sample, log_probs
 from . import tokens as T
+from .symmetry import Symmetry
 
 
 def grid_rope(head_dim: int) -> dict:
@@ -291,22 +292,6 @@ def load_pool(pool_dir: Path) -> Pool:
     return {d: v for d, v in pool.items() if v}
 
 
-def random_symmetry(rng: np.random.Generator, puzzle: np.ndarray, solution: np.ndarray):
-    """A random validity- and uniqueness-preserving Sudoku transform applied to both grids."""
-    digits = np.concatenate([[0], rng.permutation(9) + 1])
-    bands = rng.permutation(3)
-    rows = np.concatenate([b * 3 + rng.permutation(3) for b in bands])
-    stacks = rng.permutation(3)
-    cols = np.concatenate([s * 3 + rng.permutation(3) for s in stacks])
-    transpose = rng.random() < 0.5
-
-    def apply(grid: np.ndarray) -> np.ndarray:
-        g = digits[grid.reshape(9, 9)][rows][:, cols]
-        return (g.T if transpose else g).reshape(81)
-
-    return apply(puzzle), apply(solution)
-
-
 def make_batch(rng: np.random.Generator, pool: Pool, batch: int, mix: dict[str, float]):
     """Prompts [B,84], noisy canvases [B,81], targets [B,81], loss mask [B,81] (non-given cells)."""
     names = [d for d in mix if d in pool]
@@ -315,7 +300,9 @@ def make_batch(rng: np.random.Generator, pool: Pool, batch: int, mix: dict[str, 
     prompts, canvases, targets, masks = [], [], [], []
     for k in picks:
         rows = pool[names[k]]
-        puzzle, solution = random_symmetry(rng, *rows[rng.integers(len(rows))])
+        puzzle, solution = rows[rng.integers(len(rows))]
+        symmetry = Symmetry.random(rng)
+        puzzle, solution = symmetry.apply(puzzle), symmetry.apply(solution)
         target = np.array(T.encode_solution(solution))
         blank = puzzle == 0
         corrupt = blank & (rng.random(81) < rng.random())
