@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -109,11 +110,9 @@ def test_loading_the_bundled_model_prints_nothing():
     assert done.stderr == "" and done.stdout == ""
 
 
-def test_sudoku_json_command():
-    result = CliRunner().invoke(app, ["sudoku", "--json", "--count", "3", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 3
+def assert_json_rows(stdout: str, count: int) -> None:
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    assert len(rows) == count
     for row in rows:
         assert set(row) == {"puzzle", "solution", "valid", "passes", "attempts"}
         assert 1 <= row["attempts"] <= DEFAULT_ATTEMPTS
@@ -122,6 +121,26 @@ def test_sudoku_json_command():
         solution = [int(c) if c != "." else 0 for c in row["solution"]]
         puzzle = [int(c) if c != "." else 0 for c in row["puzzle"]]
         assert row["valid"] == is_valid_solution(solution, puzzle)
+
+
+def test_sudoku_json_command():
+    result = CliRunner().invoke(app, ["sudoku", "--json", "--count", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert_json_rows(result.stdout, 3)
+
+
+def test_sudoku_json_command_needs_no_network():
+    """The installed `dgemma` script, as a fresh install runs it, with every HTTP(S) connection sent to
+    a closed port: a download or hub lookup anywhere on the path would fail the command."""
+    dgemma = Path(sys.executable).parent / "dgemma"
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTP_PROXY": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead}
+    for name in ("NO_PROXY", "no_proxy", "HF_HUB_OFFLINE"):
+        env.pop(name, None)
+    cmd = [str(dgemma), "sudoku", "--json", "--count", "3", "--seed", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert_json_rows(done.stdout, 3)
 
 
 def test_sudoku_solves_a_given_puzzle_in_plain_text():
