@@ -141,10 +141,11 @@ def error_line(console: Console, message: str) -> None:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(interrupted: str = "interrupted") -> Iterator[None]:
     """Expected failures: one red line on stderr and exit 1; Ctrl-C exits 130; a closed pipe quietly.
 
-    Anything else is a bug and keeps its traceback.
+    Every command runs inside this one handler. `interrupted` is what Ctrl-C prints (a command that
+    cleans up says what it left behind). Anything else is a bug and keeps its traceback.
     """
     try:
         yield
@@ -152,7 +153,7 @@ def user_errors() -> Iterator[None]:
         error_line(stderr, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise typer.Exit(EXIT_USER_ERROR) from None
     except KeyboardInterrupt:
-        say(stderr, "interrupted", style="yellow")
+        say(stderr, interrupted, style="yellow")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # `dgemma generate ... | head -1`: the reader left; say nothing, as Unix tools do.

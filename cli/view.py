@@ -31,20 +31,12 @@ from rich.text import Text
 from dgemma_mlx.events import CanvasEvent, FinishEvent, GenerationResult, GenerationStats, PassEvent
 
 from .options import say
+from .style import legend, position_style
 
 MIN_INTERVAL = 1 / 20  # seconds: no terminal needs more than ~20 frames a second
 DRAW_BUDGET = 0.02  # the share of wall time drawing may take (the issue's bar is 5% overall)
 MAX_PIECE_CELLS = 16  # a pathological token (a run of 30 spaces) must not eat the canvas
 PIECE_CACHE_LIMIT = 65536
-
-ACCEPTED, NOISE, STABLE = "accepted", "noise", "stable"
-STYLES = {
-    # state -> (confident, middling, unsure)
-    ACCEPTED: ("bold green", "green", "dim green"),
-    NOISE: ("bold yellow", "yellow", "dim yellow"),
-    STABLE: ("bold cyan", "cyan", "dim cyan"),
-}
-
 
 class View(Protocol):
     """What commands drive: a context manager that is fed every event."""
@@ -56,20 +48,6 @@ class View(Protocol):
     ) -> None: ...
 
     def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None: ...
-
-
-def position_state(accepted: bool, changed: bool) -> str:
-    if accepted:
-        return ACCEPTED
-    return NOISE if changed else STABLE
-
-
-def position_style(accepted: bool, changed: bool, confidence: float) -> str:
-    """Colour by state, brightness by the probability of the shown token."""
-    confident, middling, unsure = STYLES[position_state(accepted, changed)]
-    if confidence >= 0.9:
-        return confident
-    return middling if confidence >= 0.4 else unsure
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:
@@ -236,18 +214,11 @@ class LiveView:
         styled = [Text(piece, style=position_style(bool(a), bool(c), float(p))) for piece, a, c, p in states]
         return Text(self.pieces.separator or "").join(styled)
 
-    @staticmethod
-    def legend() -> Text:
-        return Text.assemble(
-            ("accepted", "green"), " · ", ("still noise", "yellow"), " · ", ("unchanged", "cyan"),
-            ("  (brighter = more confident)", "dim"),
-        )  # fmt: skip
-
     def frame(self, event: PassEvent) -> RenderableType:
         """Header, the tail of the committed text that fits, the canvas, the legend."""
         width = max(1, self.console.width)
-        header, canvas, legend = self.header(event), self.canvas(event), self.legend()
-        used = sum(len(t.wrap(self.console, width)) for t in (header, canvas, legend))
+        header, canvas, key = self.header(event), self.canvas(event), legend()
+        used = sum(len(t.wrap(self.console, width)) for t in (header, canvas, key))
         room = max(1, self.console.height - used - 1)
         parts: list[RenderableType] = [header]
         if self.committed_text:
@@ -255,7 +226,7 @@ class LiveView:
             tail = Text(self.committed_text[-room * width * 2 :])
             lines = tail.wrap(self.console, width)
             parts.append(Text("\n").join(lines[-room:]))
-        parts += [canvas, legend]
+        parts += [canvas, key]
         return Group(*parts)
 
 
