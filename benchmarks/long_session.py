@@ -31,10 +31,10 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 def default_model() -> Path:
     sys.path.insert(0, str(TESTS))
-    from tiny_chat_model import make_tiny_chat_model
+    from tiny_models import word_chat_model
 
     # fixed work per generation: no EOS, no early stopping
-    return make_tiny_chat_model(
+    return word_chat_model(
         tempfile.mkdtemp(prefix="dgemma-long-bench-"),
         eos_token_id=[],
         stability_threshold=None,

@@ -48,13 +48,11 @@ def pty_console(width: int = 120, height: int = 40) -> Console:
 def default_model(real_vocab: bool) -> Path:
     sys.path.insert(0, str(TESTS))
     slow = {"eos_token_id": [], "stability_threshold": None, "max_denoising_steps": 48}
+    from tiny_models import tiny_chat_model, word_chat_model
+
     if real_vocab:
-        from tiny_models import tiny_chat_model
-
         return tiny_chat_model(**slow)
-    from tiny_chat_model import make_tiny_chat_model
-
-    return make_tiny_chat_model(tempfile.mkdtemp(prefix="dgemma-view-bench-"), **slow)
+    return word_chat_model(tempfile.mkdtemp(prefix="dgemma-view-bench-"), **slow)
 
 
 def one_run(model, tokenizer, view: str, console: Console, tokens: int) -> tuple[float, LiveView | None]:

@@ -2,7 +2,7 @@
 
 import pytest
 from hf_reference import write_tiny_checkpoint
-from tiny_models import tiny_chat_model
+from tiny_models import SHARPEN, tiny_chat_model
 
 
 @pytest.fixture(scope="session")
@@ -13,8 +13,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sharp_checkpoint(tmp_path_factory):
-    """Embedding x8 so acceptance and adaptive stopping actually trigger (spec §8.2)."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("sharp"), seed=1, embed_multiplier=8.0)
+    """Embedding x SHARPEN (8) so acceptance and adaptive stopping actually trigger (spec §8.2)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sharp"), seed=1, embed_multiplier=SHARPEN)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tiny_geometry import TINY_GEOMETRY
+from tiny_models import TINY_GEOMETRY
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as hf_generation
@@ -157,7 +157,7 @@ def write_tiny_checkpoint(
 ) -> Path:
     """Random tiny checkpoint via `save_pretrained` (spec §8.1-8.2); returns its directory.
 
-    `embed_multiplier=8` sharpens the logits so that acceptance and adaptive stopping trigger.
+    `embed_multiplier=tiny_models.SHARPEN` sharpens the logits so acceptance and adaptive stopping trigger.
     `layout="legacy"` rewrites config.json to the pre-`per_layer_config` form. `generation_config`
     overrides `TINY_GENERATION` key by key (a value of None writes null = "global default").
     """

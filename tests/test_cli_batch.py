@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from tiny_chat_model import make_tiny_chat_model
+from tiny_models import word_chat_model
 from typer.testing import CliRunner
 
 from dgemma_mlx import batch as B
@@ -24,7 +24,7 @@ DGEMMA = [sys.executable, "-c", "from dgemma_mlx.cli.app import main; main()"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_batch_output_problems_are_user_errors(model_dir, tmp_path):
 
 def test_resume_after_a_kill_gives_every_id_exactly_once(tmp_path):
     # no EOS and no early stopping: each prompt takes a few hundred passes, so the kill lands mid-file
-    slow = make_tiny_chat_model(
+    slow = word_chat_model(
         tmp_path / "slow",
         max_new_tokens=24,
         max_denoising_steps=48,

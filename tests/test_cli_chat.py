@@ -15,7 +15,7 @@ import time
 
 import mlx.core as mx
 import pytest
-from tiny_chat_model import make_tiny_chat_model
+from tiny_models import word_chat_model
 from typer.testing import CliRunner
 
 from dgemma_mlx import load
@@ -29,7 +29,7 @@ PROMPT_TOKENS = re.compile(r"prompt (\d+) tokens")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def chat(model_dir, script, *args):
@@ -83,7 +83,7 @@ def test_memory_stays_flat_over_many_turns(tmp_path):
     in the tenth conversation as in the first (a leak would grow it; benchmarks/long_session.py
     reports the timings)."""
     # fixed work per turn: no EOS, no early stopping
-    fixed = make_tiny_chat_model(tmp_path / "fixed", eos_token_id=[], stability_threshold=None)
+    fixed = word_chat_model(tmp_path / "fixed", eos_token_id=[], stability_threshold=None)
     model, tokenizer = load(fixed)
     session = ChatSession(model, tokenizer, seed=0)
     held = []

@@ -1,6 +1,6 @@
 """`dgemma generate`, `dgemma info` and the shared CLI behaviour (errors, exit codes, no ANSI when piped).
 
-Everything runs through Typer's test runner on the tiny word-level model (tests/tiny_chat_model.py);
+Everything runs through Typer's test runner on the tiny word-level model (tests/tiny_models.py);
 one test repeats the basics on the real 262,144-id Gemma 4 vocabulary.
 """
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny_chat_model import make_tiny_chat_model
+from tiny_models import word_chat_model
 from typer.testing import CliRunner
 
 from dgemma_mlx.cli.app import app
@@ -20,7 +20,7 @@ ANSI = re.compile(r"\x1b[\[\]]")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return make_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat"))
+    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 @pytest.fixture()
@@ -86,7 +86,7 @@ def test_options_reach_the_generation(run):
 
 def test_cut_short_answers_say_so(run, tmp_path):
     # no EOS at all: every answer stops at the budget, and must not look complete
-    slow = make_tiny_chat_model(tmp_path / "noeos", eos_token_id=[])
+    slow = word_chat_model(tmp_path / "noeos", eos_token_id=[])
     result = CliRunner().invoke(app, ["generate", "-m", str(slow), "-p", "hi", "--json", "--max-tokens", "8"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["finished"] is False

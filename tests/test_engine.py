@@ -3,23 +3,16 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from tiny_models import CHAT_CONFIG
+from tiny_models import tiny_model
 
 from dgemma_mlx import CanvasEvent, DGemmaError, FinishEvent, PassEvent, generate, stream_generate
-from dgemma_mlx.config import ModelConfig
-from dgemma_mlx.model import Model
 
-TINY = {**CHAT_CONFIG, "text_config": {**CHAT_CONFIG["text_config"], "vocab_size": 64}}
 FAST = {"max_denoising_steps": 6, "eos_token_id": [1], "pad_token_id": 0}
 
 
 @pytest.fixture(scope="module")
 def model():
-    mx.random.seed(0)
-    m = Model(ModelConfig.from_dict(TINY))
-    m.model.decoder.embed_tokens.weight = m.model.decoder.embed_tokens.weight * 8
-    mx.eval(m.parameters())
-    return m
+    return tiny_model(vocab_size=64)
 
 
 def events_of(model, prompt, **kwargs):
