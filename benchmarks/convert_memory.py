@@ -150,12 +150,13 @@ def write_checkpoint(path: Path, n_layers: int, zeros: bool = False) -> int:
 
 CHILD = """
 import sys, typer
-from dgemma_mlx.convert.command import convert_command
+from dgemma_mlx.cli.convert import convert_command
 typer.run(convert_command)
 """
 BASELINE = """
 import resource
-from dgemma_mlx.convert.command import convert_command
+import dgemma_mlx.quantization  # MLX, as a conversion imports it
+from dgemma_mlx.cli.convert import convert_command
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

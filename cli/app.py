@@ -258,7 +258,7 @@ def _register(module: str, attr: str, *names: str, **kwargs: Any) -> None:
         app.command(name, **kwargs)(command)
 
 
-_register("dgemma_mlx.convert.command", "convert_command", "convert")
+_register("dgemma_mlx.cli.convert", "convert_command", "convert")
 _register("dgemma_mlx.sudoku.command", "sudoku_command", "sudoku")
 _register(
     "dgemma_mlx.sudoku.command",

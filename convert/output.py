@@ -20,9 +20,11 @@ from pathlib import Path
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GENERATION_CONFIG_FILE, GenerationConfig
 from dgemma_mlx.loading import load_model, safetensors_header
+from dgemma_mlx.units import fmt_bytes
 
-from .plan import Plan, fmt_bytes
-from .stream import SAFETENSORS_DTYPES, write_shards
+from .layout import SAFETENSORS_DTYPES
+from .plan import Plan
+from .stream import write_shards
 
 MARKER = ".dgemma-convert-incomplete"
 # Headroom on top of the exact planned bytes (filesystem blocks, metadata, the side files' slack).
@@ -62,6 +64,23 @@ def check_destination(out: Path, source_dir: Path, force: bool) -> None:
 def required_bytes(plan: Plan) -> int:
     side = sum(p.stat().st_size for p in plan.source.side_files)
     return plan.output_bytes + side + DISK_MARGIN
+
+
+def destination_notes(plan: Plan, output: Path, force: bool) -> list[str]:
+    """What a real run would say about OUT (refusal, disk space), for `--dry-run`; writes nothing."""
+    output = Path(output).expanduser()
+    need = required_bytes(plan)
+    notes = []
+    try:
+        check_destination(output, plan.source.directory, force)
+    except DGemmaError as e:
+        notes.append(f"Output  {e}")
+    parent = output.parent if output.parent.exists() else None
+    if parent is not None:
+        free = shutil.disk_usage(parent).free
+        verdict = "enough" if free >= need else "NOT ENOUGH"
+        notes.append(f"Disk    needs {fmt_bytes(need)} at {parent}, {fmt_bytes(free)} free ({verdict})")
+    return notes
 
 
 def check_disk(out: Path, need: int) -> None:

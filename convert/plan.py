@@ -12,9 +12,8 @@ exact as well.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -22,22 +21,12 @@ from mlx.utils import tree_flatten
 
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.model import Model
-from dgemma_mlx.quantization import (
-    BITS,
-    DEFAULT_RECIPE,
-    GROUP_SIZES,
-    MODE_FIXED,
-    MODES,
-    RECIPES,
-    quant_params,
-    recipe_predicate,
-    weight_class,
-)
+from dgemma_mlx.quant_choices import BITS, DEFAULT_RECIPE, GROUP_SIZES, MODE_FIXED, MODES, RECIPES
+from dgemma_mlx.quantization import quant_params, recipe_predicate, weight_class
+from dgemma_mlx.units import fmt_bytes
 
+from .layout import OutTensor, Shard, layout_shards
 from .source import SourceCheckpoint, SourceTensor
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 OUT_DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": "float32", "f32": "float32"}
@@ -63,22 +52,6 @@ CLASS_ORDER = (
     "router",
     NORMS_AND_SCALARS,
 )
-
-
-def fmt_bytes(n: float) -> str:
-    """Decimal units, as disk sizes are advertised."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
-
-
-def fmt_count(n: int) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
 
 
 @dataclass(frozen=True)
@@ -148,18 +121,6 @@ class ConvertOptions:
         return f"recipe {self.recipe}: experts {main}, {rest[self.recipe]}; norms/scalars/router {self.dtype}"
 
 
-@dataclass
-class OutTensor:
-    """One tensor in the output; `shard` and `offset` (absolute in the shard file) are set by the layout."""
-
-    name: str
-    dtype: mx.Dtype
-    shape: tuple[int, ...]
-    nbytes: int
-    shard: int = -1
-    offset: int = -1
-
-
 @dataclass(frozen=True)
 class Target:
     """One parameter of our module tree produced from a source tensor, stored float or quantized."""
@@ -206,17 +167,6 @@ class Unit:
     @property
     def chunk_bytes(self) -> int:
         return self.row_bytes * self.rows_per_chunk
-
-
-@dataclass(frozen=True)
-class Shard:
-    filename: str
-    tensors: tuple[OutTensor, ...]
-    header: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.header) + sum(t.nbytes for t in self.tensors)
 
 
 @dataclass
@@ -293,8 +243,6 @@ class Plan:
 
 def build_plan(source: SourceCheckpoint, options: ConvertOptions) -> Plan:
     """Map every source tensor to its outputs, check the result is exactly our module tree, lay out shards."""
-    from .stream import layout_shards  # the safetensors format lives with the writer
-
     model = Model(source.config)  # lazy: nothing allocated
     expected = dict(tree_flatten(model.parameters()))
     modules = dict(tree_flatten(model.leaf_modules(), is_leaf=lambda m: isinstance(m, nn.Module)))
@@ -417,58 +365,3 @@ def _rows_per_chunk(tensor: SourceTensor, targets: list[Target], chunk_bytes: in
         return max(rows, 1)
     row_bytes = tensor.nbytes // rows
     return max(1, min(rows, chunk_bytes // max(row_bytes, 1)))
-
-
-def report(plan: Plan, sizes: dict[str, int], console: Console, notes: Sequence[str] = ()) -> None:
-    """The `--dry-run` plan: tensors by class and precision, each recipe's size, memory and disk."""
-    from rich.table import Table
-
-    src = plan.source
-    files = len({t.file for t in src.tensors.values()})
-    skipped = f"; {len(plan.skipped)} not needed (vision, rotary, tied copies)" if plan.skipped else ""
-    console.print(
-        f"Source  {src.directory} ({'/'.join(src.dtypes)}, {fmt_bytes(src.weight_bytes)} in {files} file(s), "
-        f"{len(src.tensors)} tensors{skipped})",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print(f"Plan    {plan.options.describe()}", markup=False, highlight=False, soft_wrap=True)
-    table = Table(show_edge=False, pad_edge=False)
-    for col, justify in (
-        ("class", "left"),
-        ("stored as", "left"),
-        ("tensors", "right"),
-        ("parameters", "right"),
-        ("size", "right"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for cls, storage, count, params, nbytes in plan.by_class():
-        storage = plan.options.dtype if storage == "float" else storage
-        table.add_row(cls, storage, str(count), fmt_count(params), fmt_bytes(nbytes))
-    total_params = sum(t.params for t in plan.targets)
-    table.add_row("total", "", str(len(plan.targets)), fmt_count(total_params), fmt_bytes(plan.output_bytes))
-    console.print(table)
-    chosen = plan.options.recipe if plan.options.quantize else "no-quantize"
-    side = ", ".join(p.name for p in src.side_files) or "no tokenizer or chat template (none in the source)"
-    recipes = ", ".join(
-        f"{name} {fmt_bytes(n)}{' (chosen)' if name == chosen else ''}" for name, n in sizes.items()
-    )
-    console.print(f"Recipes {recipes}", markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        f"Output  {len(plan.shards)} shard(s) of at most {fmt_bytes(plan.options.max_shard_bytes)}, "
-        f"{fmt_bytes(plan.output_bytes)}, plus index, config.json and {side}",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    console.print(
-        f"Memory  peak about {fmt_bytes(plan.memory_estimate)}: "
-        f"reads {fmt_bytes(plan.max_chunk_bytes)} slices "
-        "one at a time, so this does not grow with the model",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    for note in [*plan.notes(), *notes]:
-        console.print(note, markup=False, highlight=False, soft_wrap=True)

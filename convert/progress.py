@@ -20,7 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .plan import fmt_bytes
+from dgemma_mlx.units import fmt_bytes
 
 
 @contextmanager

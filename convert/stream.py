@@ -22,70 +22,13 @@ import numpy as np
 
 from dgemma_mlx.errors import DGemmaError
 
-if TYPE_CHECKING:
-    from .plan import OutTensor, Plan, Shard, Unit
+from .layout import INDEX_FILE, OutTensor, Shard, index_json
 
-INDEX_FILE = "model.safetensors.index.json"
-SAFETENSORS_DTYPES = {
-    mx.bfloat16: "BF16",
-    mx.float16: "F16",
-    mx.float32: "F32",
-    mx.uint32: "U32",
-    mx.uint8: "U8",
-    mx.int8: "I8",
-    mx.int32: "I32",
-}
+if TYPE_CHECKING:
+    from .plan import Plan, Unit
+
 # How raw source bytes are viewed before becoming MLX arrays (numpy has no bfloat16).
 RAW_NUMPY = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32}
-
-
-def layout_shards(outputs: list[OutTensor], max_shard_bytes: int) -> list[Shard]:
-    """Pack outputs in order into shards of at most `max_shard_bytes` and fix every tensor's offset."""
-    from .plan import Shard
-
-    groups: list[list[OutTensor]] = [[]]
-    size = 0
-    for t in outputs:
-        if groups[-1] and size + t.nbytes > max_shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(t)
-        size += t.nbytes
-    n = len(groups)
-    shards = []
-    for i, group in enumerate(groups):
-        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        header = header_bytes(group)
-        offset = len(header)
-        for t in group:
-            t.shard, t.offset = i, offset
-            offset += t.nbytes
-        shards.append(Shard(name, tuple(group), header))
-    return shards
-
-
-def header_bytes(tensors: list[OutTensor]) -> bytes:
-    """The 8-byte length and JSON header of a safetensors file holding `tensors` back to back."""
-    entries: dict[str, object] = {"__metadata__": {"format": "mlx"}}
-    begin = 0
-    for t in tensors:
-        entries[t.name] = {
-            "dtype": SAFETENSORS_DTYPES[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [begin, begin + t.nbytes],
-        }
-        begin += t.nbytes
-    raw = json.dumps(entries, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the safetensors library writes it
-    return len(raw).to_bytes(8, "little") + raw
-
-
-def index_json(plan: Plan) -> dict:
-    weight_map = {t.name: shard.filename for shard in plan.shards for t in shard.tensors}
-    return {
-        "metadata": {"total_size": sum(t.nbytes for s in plan.shards for t in s.tensors)},
-        "weight_map": weight_map,
-    }
 
 
 class ShardWriter:
@@ -193,7 +136,7 @@ def write_shards(plan: Plan, directory: Path, advance: Callable[[int], None] = l
                 convert_unit(plan, unit, start, stop, reader, writer)
                 advance((stop - start) * unit.row_bytes)
         writer.finish()
-        (directory / INDEX_FILE).write_text(json.dumps(index_json(plan), indent=2) + "\n")
+        (directory / INDEX_FILE).write_text(json.dumps(index_json(plan.shards), indent=2) + "\n")
     finally:
         reader.close()
         writer.close()

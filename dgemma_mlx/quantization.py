@@ -4,6 +4,7 @@ Precision changes how many denoising passes a canvas needs, not only output qual
 is also the LM head and the self-conditioning input, so recipes decide per weight class. Norms, scalars
 and the router always stay unquantized. The saved map follows mlx-lm's convention (top-level defaults
 plus per-path overrides, `False` for paths left in float), so mlx-lm tooling can read our checkpoints.
+The choices themselves (modes, bits, recipes) are plain data in `quant_choices.py`.
 """
 
 from __future__ import annotations
@@ -14,23 +15,7 @@ from typing import Any
 import mlx.nn as nn
 
 from .errors import DGemmaError
-
-MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")
-BITS = (2, 3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
-# Group sizes / bits that a mode fixes (mlx-lm's defaults_for_mode).
-MODE_FIXED = {"mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
-RECIPES = {
-    "uniform": "every matrix at the chosen bits (router excepted)",
-    "mixed": "experts at the chosen bits; attention, dense MLP, self-conditioning and embedding at 8-bit",
-    "experts-only": "experts at the chosen bits; everything else left in float",
-}
-# What `dgemma convert` uses unless told otherwise. Measured on the bundled Sudoku model (README): on the
-# run-2 weights mixed kept float's solve rate and passes while uniform, with a 4-bit embedding, needed ~3
-# more passes; on the shipped run-6 weights (100 medium puzzles) mixed and experts-only match each other
-# (the 8-bit layers change nothing measurable) a little under float, uniform a little further; experts-only
-# would cost more memory for no gain.
-DEFAULT_RECIPE = "mixed"
+from .quant_choices import MODE_FIXED, MODES, RECIPES
 
 
 def weight_class(path: str) -> str:

@@ -25,12 +25,13 @@ from test_parity import ATOL, mlx_forward
 from test_quantized import dequantized_hf_weights
 from typer.testing import CliRunner
 
+from dgemma_mlx.cli.convert import convert_command
 from dgemma_mlx.config import ModelConfig, estimate_weight_bytes
-from dgemma_mlx.convert.command import convert_command
-from dgemma_mlx.convert.plan import ConvertOptions, OutTensor, build_plan, recipe_sizes
+from dgemma_mlx.convert.layout import OutTensor, header_bytes
+from dgemma_mlx.convert.plan import ConvertOptions, build_plan, recipe_sizes
 from dgemma_mlx.convert.progress import byte_progress
 from dgemma_mlx.convert.source import open_source
-from dgemma_mlx.convert.stream import header_bytes, write_shards
+from dgemma_mlx.convert.stream import write_shards
 from dgemma_mlx.loading import load, load_model
 from dgemma_mlx.model import Model
 from dgemma_mlx.quantization import quantize_model

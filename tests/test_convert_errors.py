@@ -220,7 +220,7 @@ KILLABLE = textwrap.dedent(
     import sys, time
     import typer
     from dgemma_mlx.convert import stream
-    from dgemma_mlx.convert.command import convert_command
+    from dgemma_mlx.cli.convert import convert_command
 
     real = stream.convert_unit
     def slow(*args, **kwargs):

@@ -1,0 +1,87 @@
+"""The conversion library's entry points: `dry_run` says what a conversion would do, `convert` does it.
+
+Both take the settings a user gives `dgemma convert`, validate them (`ConvertOptions.resolve`), check
+the source from its headers (`open_source`) and build the exact plan (`build_plan`) before any tensor
+data is read; `convert` then streams the plan into OUT, which appears only once complete and verified.
+The command itself only parses, calls one of these and prints the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .output import ConvertResult, convert_checkpoint, destination_notes
+from .plan import ConvertOptions, Plan, build_plan, recipe_sizes
+from .source import open_source
+
+# Called once the plan is known, before any byte is read: returns a context manager that yields
+# `advance(n_source_bytes)` (`progress.byte_progress(plan.read_bytes, ...)` is one).
+Progress = Callable[[Plan], AbstractContextManager[Callable[[int], None]]]
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What `--dry-run` reports: the plan, each recipe's output size, and what OUT would need."""
+
+    plan: Plan
+    recipe_sizes: dict[str, int]
+    destination_notes: list[str]
+
+    @property
+    def notes(self) -> list[str]:
+        """The plan's warnings, then the destination's (refusal, disk space)."""
+        return [*self.plan.notes(), *self.destination_notes]
+
+
+def plan_conversion(
+    source: str | Path,
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    mode: str = "affine",
+    dtype: str = "bfloat16",
+    quantize: bool = True,
+    recipe: str | None = None,
+) -> Plan:
+    """Validate the settings, check the source (local directory or hub id) and plan every output tensor."""
+    options = ConvertOptions.resolve(bits, group_size, mode, dtype, quantize, recipe)
+    return build_plan(open_source(source), options)
+
+
+def dry_run(source: str | Path, output: str | Path, *, force: bool = False, **settings: Any) -> DryRun:
+    """Everything a conversion would do and need, without writing anything; `settings` as for `convert`."""
+    plan = plan_conversion(source, **settings)
+    return DryRun(plan, recipe_sizes(plan.source, plan.options), destination_notes(plan, Path(output), force))
+
+
+def convert(
+    source: str | Path,
+    output: str | Path,
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    mode: str = "affine",
+    dtype: str = "bfloat16",
+    quantize: bool = True,
+    recipe: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Convert a Hugging Face DiffusionGemma checkpoint to MLX in OUT, in bounded memory.
+
+    `bits`/`group_size` default to 4/64 (fixed by the mxfp4/mxfp8/nvfp4 modes), `recipe` to the
+    default recipe; `quantize=False` keeps every weight in `dtype`. An existing OUT is replaced only
+    with `force`. Raises `DGemmaError` (one line) for anything wrong with the settings, the source or
+    the destination; on any failure, Ctrl-C included, nothing is left under OUT's name.
+    """
+    plan = plan_conversion(
+        source, bits=bits, group_size=group_size, mode=mode, dtype=dtype, quantize=quantize, recipe=recipe
+    )
+    if progress is None:
+        return convert_checkpoint(plan, Path(output), force)
+    with progress(plan) as advance:
+        return convert_checkpoint(plan, Path(output), force, advance)
