@@ -1,8 +1,9 @@
 """The `dgemma` command: thin Typer functions over the dgemma_mlx Python API.
 
-Each command parses options, calls the library (load, stream_generate, ChatSession, batch) and hands
-events to a view; nothing here samples, batches or renders by itself. Exit codes: 0 success, 1 user
-error (one red line, no traceback), 2 usage error, 130 interrupted.
+Each command parses options, calls the library (load, stream_generate, ChatSession, BatchRun,
+convert, the Sudoku solver) and hands what comes back to a view; nothing here samples, batches or
+renders by itself. Every command runs inside `user_errors()`. Exit codes: 0 success, 1 user error
+(one red line, no traceback), 2 usage error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,22 +19,17 @@ import typer
 
 from .options import (
     EXIT_USER_ERROR,
+    GenerationFlags,
     ViewKind,
-    entropy_bound_option,
-    generation_overrides,
-    max_tokens_option,
     model_option,
     read_prompt,
     resolve_model,
     say,
-    seed_option,
     stderr,
     stdout,
-    steps_option,
-    t_max_option,
-    t_min_option,
     user_errors,
     view_option,
+    with_generation_flags,
 )
 
 app = typer.Typer(
@@ -71,79 +67,56 @@ def _main(
 
 
 @app.command()
+@with_generation_flags
 def generate(
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", help="The prompt; - reads stdin (the default when stdin is piped)."
     ),
     model: str | None = model_option(),
     system: str | None = typer.Option(None, "--system", help="System prompt (chat template only)."),
-    max_tokens: int | None = max_tokens_option(),
-    steps: int | None = steps_option(),
-    entropy_bound: float | None = entropy_bound_option(),
-    t_min: float | None = t_min_option(),
-    t_max: float | None = t_max_option(),
-    seed: int | None = seed_option(),
     chat_template: bool = typer.Option(
         True, "--chat-template/--raw", help="Wrap the prompt in the model's chat template, or send it raw."
     ),
     think: bool = typer.Option(False, "--think", help="Thinking mode; the thoughts go to stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     view: ViewKind = view_option(),
+    *,
+    flags: GenerationFlags,
 ) -> None:
     """Answer one prompt: the answer on stdout, the live view and stats on stderr."""
     with user_errors():
-        from dgemma_mlx import load, stream_generate
-        from dgemma_mlx.api import resolve_config
-
-        from .view import budget_warning, drive, make_view, print_stats, split_answer
-
         if system and not chat_template:
             raise typer.BadParameter("--system needs the chat template (drop --raw)", param_hint="--system")
         text = read_prompt(prompt)
+        from dgemma_mlx import load, stream_generate
+
+        from .view import drive, make_view, print_answer
+
         model_obj, tokenizer = load(resolve_model(model))
-        overrides = generation_overrides(max_tokens, steps, entropy_bound, t_min, t_max)
-        budget = resolve_config(model_obj, tokenizer, None, **overrides).max_new_tokens
         events = stream_generate(
             model_obj,
             tokenizer,
             text,
-            seed=seed,
+            seed=flags.seed,
             system=system,
             chat_template=chat_template,
             enable_thinking=think,
-            **overrides,
+            **flags.overrides,
         )
         result = drive(events, make_view(view.value, stderr, tokenizer))
-        thinking, answer = split_answer(tokenizer, result)
-        if as_json:
-            payload: dict[str, Any] = {"text": answer, "tokens": result.new_tokens[0]}
-            if think:
-                payload["thinking"] = thinking
-            payload |= {"finished": result.finished[0], "stats": result.stats.to_dict()}
-            print(json.dumps(payload, ensure_ascii=False), flush=True)
-        else:
-            if thinking:
-                say(stderr, f"thinking: {thinking}", style="dim italic")
-            print(answer, flush=True)
-        if view != ViewKind.none:
-            print_stats(stderr, result.stats)
-        if not result.finished[0]:
-            say(stderr, budget_warning(budget, "raise it with --max-tokens"))
+        print_answer(result, stderr, think=think, as_json=as_json, stats=view != ViewKind.none)
 
 
 @app.command()
+@with_generation_flags
 def chat(
     model: str | None = model_option(),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
     think: bool = typer.Option(False, "--think", help="Thinking mode, via the chat template's own switch."),
     load_file: Path | None = typer.Option(None, "--load", help="Continue a conversation saved with /save."),
-    max_tokens: int | None = max_tokens_option(),
-    steps: int | None = steps_option(),
-    entropy_bound: float | None = entropy_bound_option(),
-    t_min: float | None = t_min_option(),
-    t_max: float | None = t_max_option(),
-    seed: int | None = seed_option(),
     view: ViewKind = view_option(),
+    *,
+    flags: GenerationFlags,
 ) -> None:
     """Multi-turn chat on one session cache: each turn encodes only its new tokens. /help inside."""
     with user_errors():
@@ -153,14 +126,15 @@ def chat(
         from .chat import ChatRepl
 
         model_obj, tokenizer = load(resolve_model(model))
-        session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=seed)
+        session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=flags.seed)
         if load_file is not None:
             session.load(load_file)
-        session.set_params(**generation_overrides(max_tokens, steps, entropy_bound, t_min, t_max))
+        session.set_params(**flags.overrides)
         ChatRepl(session, stdout, stderr, view.value).run()
 
 
 @app.command()
+@with_generation_flags
 def batch(
     input_name: str = typer.Argument(
         ...,
@@ -177,56 +151,32 @@ def batch(
     ),
     system: str | None = typer.Option(None, "--system", help="System prompt for lines without their own."),
     chat_template: bool = typer.Option(True, "--chat-template/--raw", help="Use the model's chat template."),
-    max_tokens: int | None = max_tokens_option(),
-    steps: int | None = steps_option(),
-    entropy_bound: float | None = entropy_bound_option(),
-    t_min: float | None = t_min_option(),
-    t_max: float | None = t_max_option(),
-    seed: int | None = seed_option(),
+    *,
+    flags: GenerationFlags,
 ) -> None:
     """Answer every prompt in a file; each result is appended and flushed to OUT the moment it is done.
 
     Malformed lines are reported with their line numbers (exit status 1) while the rest run.
     """
     with user_errors():
-        from dgemma_mlx import batch as lib
         from dgemma_mlx import load
-        from dgemma_mlx.errors import DGemmaError
+        from dgemma_mlx.batch import BatchRun
 
         from .view import BatchProgress
 
-        requests, bad = lib.read_requests(lib.open_input(input_name), input_format.value)
-        output = output.expanduser()
-        if output.exists() and output.stat().st_size > 0 and not resume:
-            raise DGemmaError(f"{output} already has results: pass --resume to continue it, or remove it")
-        done = lib.completed_ids(output) if resume else set()
-        todo = [r for r in requests if r.key not in done]
+        job = BatchRun(input_name, output, input_format.value, resume, errors)
         model_obj, tokenizer = load(resolve_model(model))
-        overrides = generation_overrides(max_tokens, steps, entropy_bound, t_min, t_max)
-        jobs, unrunnable = lib.prepare(model_obj, tokenizer, todo, overrides, chat_template, system)
-        bad = sorted(bad + unrunnable, key=lambda b: b.line)
-        errors_path = errors or lib.errors_path_for(output)
-        lib.write_errors(errors_path, bad)
-        for b in bad:
-            say(stderr, f"skipped {b}", style="yellow")
-        cut_short = 0
-        with lib.ResultWriter(output) as writer, BatchProgress(stderr, len(jobs)) as progress:
+        for bad in job.prepare(model_obj, tokenizer, flags.overrides, chat_template, system):
+            say(stderr, f"skipped {bad}", style="yellow")
+        with BatchProgress(stderr, len(job.jobs)) as progress:
             try:
-                for row in lib.run_batches(model_obj, tokenizer, jobs, writer, batch_size, seed):
-                    cut_short += not row["finished"]
+                for row in job.run(model_obj, tokenizer, batch_size, flags.seed):
                     progress.advance(row["generated_tokens"])
             except KeyboardInterrupt:
-                say(stderr, f"{writer.written} results kept in {output}; continue with --resume")
+                say(stderr, f"{job.written} results kept in {job.output}; continue with --resume")
                 raise
-        summary = f"{writer.written} written to {output}"
-        if cut_short:
-            summary += f' ({cut_short} stopped at the token budget: "finished": false)'
-        if done:
-            summary += f", {len(requests) - len(todo)} already there"
-        if bad:
-            summary += f", {len(bad)} malformed (listed in {errors_path})"
-        say(stderr, summary)
-        if bad:
+        say(stderr, job.summary())
+        if job.bad:
             raise typer.Exit(EXIT_USER_ERROR)
 
 
@@ -240,10 +190,7 @@ def info(
         from dgemma_mlx.inspect import format_summary, summarize
 
         summary = summarize(resolve_model(model))
-        if as_json:
-            print(json.dumps(summary), flush=True)
-        else:
-            print(format_summary(summary), flush=True)
+        print(json.dumps(summary) if as_json else format_summary(summary), flush=True)
 
 
 def _register(module: str, attr: str, *names: str, **kwargs: Any) -> None:
@@ -259,9 +206,9 @@ def _register(module: str, attr: str, *names: str, **kwargs: Any) -> None:
 
 
 _register("dgemma_mlx.cli.convert", "convert_command", "convert")
-_register("dgemma_mlx.sudoku.command", "sudoku_command", "sudoku")
+_register("dgemma_mlx.cli.sudoku", "sudoku_command", "sudoku")
 _register(
-    "dgemma_mlx.sudoku.command",
+    "dgemma_mlx.cli.sudoku",
     "sudoku_command",
     "demo",
     help="Same as `sudoku`: the bundled model solving Sudoku live.",

@@ -13,17 +13,17 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from rich.console import Console
 from rich.text import Text
 
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.events import FinishEvent, GenerationResult
+from dgemma_mlx.generation_config import parse_overrides
 from dgemma_mlx.session import ChatSession
 
 from .options import error_line, say
-from .view import budget_warning, make_view, print_stats, split_answer
+from .view import budget_warning, make_view, print_stats
 
 HISTORY_ENV = "DGEMMA_HISTORY"
 HISTORY_LENGTH = 1000
@@ -37,36 +37,10 @@ COMMANDS = {
     "/load FILE": "continue a saved conversation",
     "/quit": "leave (or Ctrl-D)",
 }
-# Friendly names accepted by /params, as on the command line.
-PARAM_ALIASES = {"max_tokens": "max_new_tokens", "steps": "max_denoising_steps"}
 
 
 def history_path() -> Path:
     return Path(os.environ.get(HISTORY_ENV) or Path.home() / ".dgemma_history").expanduser()
-
-
-def parse_value(text: str) -> Any:
-    """`none`, integers, floats and comma-separated integer lists (eos_token_id=1,106)."""
-    if text.lower() in ("none", "null"):
-        return None
-    if "," in text:
-        return [parse_value(part) for part in text.split(",") if part]
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    raise DGemmaError(f"/params: {text!r} is not a number, a list of numbers or none")
-
-
-def parse_params(args: str) -> dict[str, Any]:
-    out = {}
-    for pair in args.split():
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise DGemmaError(f"/params takes key=value pairs, got {pair!r}")
-        out[PARAM_ALIASES.get(key, key)] = parse_value(value)
-    return out
 
 
 class ChatRepl:
@@ -143,7 +117,7 @@ class ChatRepl:
         say(self.err, message, style="dim")
 
     def show_answer(self, result: GenerationResult) -> None:
-        thought, answer = split_answer(self.session.tokenizer, result)
+        thought, answer = result.thinking[0], result.answer
         if thought:
             say(self.err, f"thinking: {thought}", style="dim italic")
         if self.interactive:
@@ -152,9 +126,8 @@ class ChatRepl:
             say(self.out, answer)
         if self.view_kind != "none":
             print_stats(self.err, result.stats)
-        if not result.finished[0]:
-            limit = self.session.config.max_new_tokens
-            say(self.err, budget_warning(limit, "raise it with /params max_tokens=N"))
+        if result.finish_reasons[0] == "length":
+            say(self.err, budget_warning(result.config.max_new_tokens, "raise it with /params max_tokens=N"))
 
     # -- one turn ------------------------------------------------------------------------------------
     def answer(self, text: str) -> None:
@@ -193,7 +166,11 @@ class ChatRepl:
         elif name == "/params":
             if args:
                 # replace_explicit so that `none` really unsets (e.g. stability_threshold=none).
-                session.config = session.config.replace_explicit(**parse_params(args))
+                try:
+                    overrides = parse_overrides(args)
+                except DGemmaError as e:
+                    raise DGemmaError(f"/params: {e}") from None
+                session.config = session.config.replace_explicit(**overrides)
             for key, value in session.config.to_dict().items():
                 say(self.err, f"  {key} = {value}")
         elif name == "/think":

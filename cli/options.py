@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -59,47 +62,68 @@ def view_option() -> Any:
     return typer.Option(ViewKind.auto, "--view", help="live (terminal), plain (log lines) or none.")
 
 
-def seed_option() -> Any:
-    return typer.Option(None, "--seed", help="Sampling seed, for reproducible output.")
+@dataclass(frozen=True)
+class GenerationFlags:
+    """The generation options every generating command shares, as the user typed them."""
+
+    max_tokens: int | None = None
+    steps: int | None = None
+    entropy_bound: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    seed: int | None = None
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """As generation_config overrides (its names); options left unset are left out."""
+        values = {
+            "max_new_tokens": self.max_tokens,
+            "max_denoising_steps": self.steps,
+            "entropy_bound": self.entropy_bound,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+        }
+        return {k: v for k, v in values.items() if v is not None}
 
 
-# Generation options, named as users know them, mapped onto generation_config.json names.
-def max_tokens_option() -> Any:
-    return typer.Option(None, "--max-tokens", min=1, help="New-token budget (rounded up to whole canvases).")
+# Declared once, added to each generating command by `with_generation_flags`.
+_FLAG_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "max_tokens": (
+        int | None,
+        typer.Option(None, "--max-tokens", min=1, help="New-token budget (rounded up to whole canvases)."),
+    ),
+    "steps": (int | None, typer.Option(None, "--steps", min=1, help="Most denoising passes per canvas.")),
+    "entropy_bound": (
+        float | None,
+        typer.Option(None, "--entropy-bound", help="Per-pass entropy budget for accepting positions."),
+    ),
+    "t_min": (float | None, typer.Option(None, "--t-min", help="Temperature on the last pass.")),
+    "t_max": (float | None, typer.Option(None, "--t-max", help="Temperature on the first pass.")),
+    "seed": (int | None, typer.Option(None, "--seed", help="Sampling seed, for reproducible output.")),
+}
 
 
-def steps_option() -> Any:
-    return typer.Option(None, "--steps", min=1, help="Most denoising passes per canvas.")
+def with_generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the shared generation options; it receives them as `flags: GenerationFlags`.
 
+    Typer builds options from the signature, so the wrapper shows Typer the command's own
+    parameters (minus `flags`) followed by the shared ones, and folds those back into one object.
+    """
+    own = inspect.signature(command, eval_str=True)
+    kept = [p for p in own.parameters.values() if p.name != "flags"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        for name, (annotation, option) in _FLAG_OPTIONS.items()
+    ]
 
-def entropy_bound_option() -> Any:
-    return typer.Option(None, "--entropy-bound", help="Per-pass entropy budget for accepting positions.")
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        flags = GenerationFlags(**{name: kwargs.pop(name) for name in _FLAG_OPTIONS})
+        return command(**kwargs, flags=flags)
 
-
-def t_min_option() -> Any:
-    return typer.Option(None, "--t-min", help="Temperature on the last pass.")
-
-
-def t_max_option() -> Any:
-    return typer.Option(None, "--t-max", help="Temperature on the first pass.")
-
-
-def generation_overrides(
-    max_tokens: int | None,
-    steps: int | None,
-    entropy_bound: float | None,
-    t_min: float | None,
-    t_max: float | None,
-) -> dict[str, Any]:
-    """CLI option values as generation_config overrides; unset options are left out."""
-    values = {
-        "max_new_tokens": max_tokens,
-        "max_denoising_steps": steps,
-        "entropy_bound": entropy_bound,
-        "t_min": t_min,
-        "t_max": t_max,
-    }
-    return {k: v for k, v in values.items() if v is not None}
+    wrapper.__signature__ = own.replace(parameters=kept + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in kept + added}
+    return wrapper
 
 
 def resolve_model(model: str | None) -> str:

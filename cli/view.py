@@ -17,6 +17,7 @@ whatever the terminal or model speed (benchmarks/view_overhead.py measures the r
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -337,15 +338,23 @@ class BatchProgress:
         say(self.console, f"{self.done}/{self.total} prompts · {self.rate():.1f} tok/s · ETA {eta:.0f} s")
 
 
-def split_answer(tokenizer: Any, result: GenerationResult, row: int = 0) -> tuple[str, str]:
-    """(thinking, answer) of one row, using the tokenizer's own thinking delimiters.
-
-    Without a tokenizer there is no text beyond what the result already holds.
-    """
-    if tokenizer is None:
-        return "", result.texts[row] if result.texts else ""
-    raw = tokenizer.decode(result.new_tokens[row], skip_special_tokens=False)
-    return tokenizer.split_thinking(raw)
+def print_answer(result: GenerationResult, err: Console, think: bool, as_json: bool, stats: bool) -> None:
+    """A one-shot answer: the answer (or one JSON object) on stdout; thoughts, stats, warnings on err."""
+    thinking = result.thinking[0] if result.thinking else ""
+    if as_json:
+        payload: dict[str, Any] = {"text": result.answer, "tokens": result.new_tokens[0]}
+        if think:
+            payload["thinking"] = thinking
+        payload |= {"finished": result.finished[0], "stats": result.stats.to_dict()}
+        print(json.dumps(payload, ensure_ascii=False), flush=True)
+    else:
+        if thinking:
+            say(err, f"thinking: {thinking}", style="dim italic")
+        print(result.answer, flush=True)
+    if stats:
+        print_stats(err, result.stats)
+    if result.finish_reasons[0] == "length":
+        say(err, budget_warning(result.config.max_new_tokens, "raise it with --max-tokens"))
 
 
 def budget_warning(max_new_tokens: int, how_to_raise: str) -> Text:

@@ -1,22 +1,28 @@
-"""The public Python API: `generate` and `stream_generate` over any prompt form.
+"""The front door: every generation (one-shot, chat turns, batch jobs, the Sudoku solver) runs here.
 
 Prompts may be text (rendered with the checkpoint's own chat template unless `chat_template=False`),
 chat messages, token ids, or a list of those for a batch. Generation parameters default to the
 checkpoint's `generation_config.json`; keyword overrides use the same names.
+
+Going through `stream_generate` is what gives every caller the same things: the resolved
+configuration on the result, peak memory measured per call, mlx-lm's wired-memory limit on Metal,
+and each row's text, thoughts and answer decoded once (on `CanvasEvent.rows` as rows finish, and on
+the final `GenerationResult`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import mlx.core as mx
 
 from .cache import PromptCache
-from .engine import FixedPositions, block_diffusion
+from .engine import FixedPositions, StopRequested, block_diffusion
 from .errors import DGemmaError
-from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent
+from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent, RowResult
 from .generation_config import GenerationConfig
 from .model import Model
 from .noise import MLXNoise, NoiseSource
@@ -106,6 +112,15 @@ def _wired(model: Model):
         yield
 
 
+def decode_row(tokenizer, row: RowResult) -> RowResult:
+    """The row with its text, thoughts and answer (each decoded once); unchanged without a tokenizer."""
+    if tokenizer is None:
+        return row
+    text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+    thinking, answer = tokenizer.split_thinking(tokenizer.decode(row.tokens, skip_special_tokens=False))
+    return dataclasses.replace(row, text=text, thinking=thinking, answer=answer)
+
+
 def stream_generate(
     model: Model,
     tokenizer,
@@ -119,19 +134,33 @@ def stream_generate(
     system: str | None = None,
     enable_thinking: bool = False,
     cache: PromptCache | None = None,
+    stop_requested: StopRequested | None = None,
     **overrides: Any,
 ) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
-    """Yield a `PassEvent` per denoising pass, a `CanvasEvent` per committed canvas, then a `FinishEvent`."""
+    """Yield a `PassEvent` per denoising pass, a `CanvasEvent` per committed canvas, then a `FinishEvent`.
+
+    `cache` continues a conversation (the prompt is then only the tokens it has not seen, see
+    `ChatSession`); `stop_requested` is polled after each pass and ends the generation early, its
+    unfinished rows reporting finish reason "stopped".
+    """
     prompts = prompt_to_ids(tokenizer, prompt, chat_template, system, enable_thinking)
     gen_config = resolve_config(model, tokenizer, config, **overrides)
     noise = noise if noise is not None else MLXNoise(seed)
+    decoded: dict[int, RowResult] = {}
     mx.reset_peak_memory()
     with _wired(model):
-        for event in block_diffusion(model, prompts, gen_config, noise, cache, fixed_positions):
-            if isinstance(event, FinishEvent) and tokenizer is not None:
-                event.result.texts = [
-                    tokenizer.decode(ids, skip_special_tokens=True) for ids in event.result.new_tokens
-                ]
+        events = block_diffusion(model, prompts, gen_config, noise, cache, fixed_positions, stop_requested)
+        for event in events:
+            if isinstance(event, CanvasEvent) and event.rows:
+                rows = tuple(decode_row(tokenizer, row) for row in event.rows)
+                decoded |= {row.index: row for row in rows}
+                event = dataclasses.replace(event, rows=rows)
+            elif isinstance(event, FinishEvent) and tokenizer is not None:
+                result = event.result
+                rows = [decoded.get(b) or decode_row(tokenizer, result.row(b)) for b in range(len(prompts))]
+                result.texts = [row.text for row in rows]
+                result.thinking = [row.thinking for row in rows]
+                result.answers = [row.answer for row in rows]
             yield event
 
 

@@ -23,11 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-import numpy as np
-
 from .api import prompt_to_ids, resolve_config, stream_generate
 from .errors import DGemmaError
-from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent
+from .events import CanvasEvent, FinishEvent, GenerationResult, RowResult
 from .generation_config import GenerationConfig
 
 OVERRIDE_KEYS = frozenset(f.name for f in fields(GenerationConfig))
@@ -296,85 +294,35 @@ def plan_batches(jobs: Iterable[Job], size: int) -> list[list[Job]]:
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
-class RowTracker:
-    """Per-row results from the event stream, so a row can be written the moment it finishes.
-
-    Mirrors the engine's accounting: a pass counts for a row unless the row had already stopped
-    denoising on this canvas or finished (EOS) on an earlier one.
-    """
-
-    def __init__(self, batch: int, config: GenerationConfig):
-        self.pad = config.pad_token_id
-        self.eos = set(config.eos_token_id or ())
-        self.tokens: list[list[int]] = [[] for _ in range(batch)]
-        self.passes = np.zeros(batch, dtype=np.int64)
-        self.stopped = np.zeros(batch, dtype=bool)
-        self.emitted = np.zeros(batch, dtype=bool)
-
-    def on_pass(self, event: PassEvent) -> None:
-        if event.pass_index == 1:
-            self.stopped[:] = False
-        self.passes += ~(self.stopped | event.finished)
-        self.stopped = event.done.copy()
-
-    def on_canvas(self, event: CanvasEvent) -> list[int]:
-        """Rows that finished with this canvas and can be written now (needs a pad id to be final)."""
-        for b, row in enumerate(event.tokens.tolist()):
-            self.tokens[b].extend(int(t) for t in row)
-        if self.pad is None:
-            return []
-        return [int(b) for b in np.flatnonzero(event.finished & ~self.emitted)]
-
-    def new_tokens(self, b: int) -> list[int]:
-        row = self.tokens[b]
-        for i, t in enumerate(row):
-            if t in self.eos:
-                return row[: i + 1]
-        return row
-
-    def row(self, b: int, tokenizer: Any) -> dict[str, Any]:
-        self.emitted[b] = True
-        generated = sum(1 for t in self.tokens[b] if t != self.pad)
-        passes = int(self.passes[b])
-        ids = self.new_tokens(b)
-        return {
-            "text": tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else "",
-            "finished": True,
-            "tokens": ids,
-            "generated_tokens": generated,
-            "passes": passes,
-            "tokens_per_forward": generated / passes if passes else 0.0,
-        }
-
-
-def result_row(result: GenerationResult, b: int) -> dict[str, Any]:
-    stats = result.stats
+def row_record(row: RowResult) -> dict[str, Any]:
+    """One output line's fields (the caller adds the request's `id`)."""
     return {
-        "text": result.texts[b] if result.texts else "",
-        "finished": result.finished[b],
-        "tokens": result.new_tokens[b],
-        "generated_tokens": stats.generated_tokens[b],
-        "passes": stats.passes[b],
-        "tokens_per_forward": stats.tokens_per_forward[b],
+        "text": row.text,
+        "finished": row.finished,
+        "tokens": row.tokens,
+        "generated_tokens": row.generated_tokens,
+        "passes": row.passes,
+        "tokens_per_forward": row.tokens_per_forward,
     }
 
 
+def result_row(result: GenerationResult, b: int) -> dict[str, Any]:
+    return row_record(result.row(b))
+
+
 def generate_batch(model: Any, tokenizer: Any, batch: list[Job], seed: int | None = None) -> Iterator[dict]:
-    """Generate one batch, yielding each row's result dict (with its `id`) as soon as it is final."""
+    """Generate one batch, yielding each row's record (with its `id`) the moment the row is final."""
     overrides = batch[0].overrides
-    config = resolve_config(model, tokenizer, None, **overrides)
-    tracker = RowTracker(len(batch), config)
     events = stream_generate(model, tokenizer, [job.ids for job in batch], seed=seed, **overrides)
+    written = set()
     for event in events:
-        if isinstance(event, PassEvent):
-            tracker.on_pass(event)
-        elif isinstance(event, CanvasEvent):
-            for b in tracker.on_canvas(event):
-                yield {"id": batch[b].request.id, **tracker.row(b, tokenizer)}
-        elif isinstance(event, FinishEvent):
-            for b in np.flatnonzero(~tracker.emitted):
-                tracker.emitted[b] = True
-                yield {"id": batch[int(b)].request.id, **result_row(event.result, int(b))}
+        if isinstance(event, CanvasEvent):
+            for row in event.rows:
+                written.add(row.index)
+                yield {"id": batch[row.index].request.id, **row_record(row)}
+        elif isinstance(event, FinishEvent):  # rows a stop request ended before their last canvas
+            for b in sorted(set(range(len(batch))) - written):
+                yield {"id": batch[b].request.id, **result_row(event.result, b)}
 
 
 def run_batches(
@@ -390,6 +338,72 @@ def run_batches(
         for row in generate_batch(model, tokenizer, batch, None if seed is None else seed + k):
             writer.write(row)
             yield row
+
+
+class BatchRun:
+    """A `dgemma batch` job from input file to output file: read, check, prepare, run, summarise.
+
+    Reading and the output checks happen at construction, before any model is loaded, so a wrong
+    path or a forgotten --resume costs nothing; `prepare` renders prompts with the loaded model's
+    tokenizer and writes the errors file; `run` generates and writes.
+    """
+
+    def __init__(
+        self,
+        input_name: str,
+        output: Path,
+        fmt: str = "auto",
+        resume: bool = False,
+        errors: Path | None = None,
+    ):
+        self.requests, self.bad = read_requests(open_input(input_name), fmt)
+        self.output = Path(output).expanduser()
+        if self.output.exists() and self.output.stat().st_size > 0 and not resume:
+            raise DGemmaError(
+                f"{self.output} already has results: pass --resume to continue it, or remove it"
+            )
+        done = completed_ids(self.output) if resume else set()
+        self.todo = [r for r in self.requests if r.key not in done]
+        self.errors_path = errors or errors_path_for(self.output)
+        self.jobs: list[Job] = []
+        self.written = 0
+        self.cut_short = 0
+
+    @property
+    def already_done(self) -> int:
+        return len(self.requests) - len(self.todo)
+
+    def prepare(
+        self,
+        model: Any,
+        tokenizer: Any,
+        overrides: dict[str, Any] | None = None,
+        chat_template: bool = True,
+        system: str | None = None,
+    ) -> list[BadLine]:
+        """Render every prompt; returns every line that cannot run (also written to the errors file)."""
+        self.jobs, unrunnable = prepare(model, tokenizer, self.todo, overrides, chat_template, system)
+        self.bad = sorted(self.bad + unrunnable, key=lambda b: b.line)
+        write_errors(self.errors_path, self.bad)
+        return self.bad
+
+    def run(self, model: Any, tokenizer: Any, batch_size: int = 4, seed: int | None = None) -> Iterator[dict]:
+        """Generate the prepared jobs, appending and fsyncing each row as it completes; yields the rows."""
+        with ResultWriter(self.output) as writer:
+            for row in run_batches(model, tokenizer, self.jobs, writer, batch_size, seed):
+                self.written = writer.written
+                self.cut_short += not row["finished"]
+                yield row
+
+    def summary(self) -> str:
+        text = f"{self.written} written to {self.output}"
+        if self.cut_short:
+            text += f' ({self.cut_short} stopped at the token budget: "finished": false)'
+        if self.already_done:
+            text += f", {self.already_done} already there"
+        if self.bad:
+            text += f", {len(self.bad)} malformed (listed in {self.errors_path})"
+        return text
 
 
 def open_input(name: str) -> Path | IO[str]:

@@ -2,8 +2,12 @@
 
 mlx-lm's `RotatingKVCache` keeps a whole multi-token prefill and rotates its storage on single-token
 updates; the decoder needs exactly the last W-1 sliding-layer tokens in temporal order (spec §4.4, §6.8),
-so sliding layers use this small concat-then-trim cache instead. Only the encoder writes; the decoder
-reads the stored arrays and concatenates, never mutating them (spec §6.9).
+so sliding layers use this small concat-then-trim cache instead.
+
+Only the encoder writes. Attention asks its cache for "everything to attend over, given these new
+keys and values" (`attend`): a `LayerCache` stores the new ones on the way (the encoder's causal
+mode), a `ReadOnlyLayerCache` never does (the decoder's bidirectional mode, where each pass over the
+same canvas must see the same prompt). Which one a layer gets is the mode; there is no flag.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ class LayerCache:
     def length(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
 
-    def extend(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Append new tokens; return retained-old + new (what the encoder attends over), then trim."""
+    def attend(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Store the new tokens; return retained-old + new (what the encoder attends over), then trim."""
         if self.keys is not None:
             keys = mx.concatenate([self.keys, keys], axis=2)
             values = mx.concatenate([self.values, values], axis=2)
@@ -37,6 +41,26 @@ class LayerCache:
 
     def state(self) -> list[mx.array]:
         return [] if self.keys is None else [self.keys, self.values]
+
+    def read_only(self) -> ReadOnlyLayerCache:
+        return ReadOnlyLayerCache(self.keys, self.values)
+
+
+class ReadOnlyLayerCache:
+    """The decoder's view of one layer's cache: it attends over the stored tokens and writes nothing."""
+
+    def __init__(self, keys: mx.array | None, values: mx.array | None):
+        self.keys, self.values = keys, values
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def attend(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Stored + new keys and values, [B, kv_heads, T + S, head_dim]; the cache is left as it was."""
+        if not self.length:
+            return keys, values
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate([self.values, values], axis=2)
 
 
 class PromptCache:

@@ -1,31 +1,44 @@
-"""The block-diffusion loop (spec §5): encode, denoise a canvas pass by pass, commit, repeat.
+"""The block-diffusion loop, in the reference's named steps (docs/ARCHITECTURE.md, "The engine").
 
-Everything per pass stays on the device; the only host sync per pass is one `mx.eval` of the small
-[B, L] results, needed anyway to decide whether every row has stopped. Randomness comes from an
-injectable `NoiseSource`, drawn in the reference's order: `C (S C)*passes` per canvas.
+    encode_prompt -> for each canvas: start_canvas -> denoise_pass x N -> commit_canvas -> finish
+
+`block_diffusion` only sequences these steps and yields their events; each step is a function that can
+be run and tested alone. Everything per pass stays on the device; the one host sync per pass is the
+`mx.eval` of the small [B, L] results, needed anyway to decide whether every row has stopped.
+Randomness comes from an injectable `NoiseSource`, drawn in the reference's order: `C (S C)*passes`
+per canvas. Checked against transformers' `DiffusionGemmaGenerationMixin.generate`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
 
 from .cache import PromptCache
 from .errors import DGemmaError
-from .events import CanvasEvent, FinishEvent, GenerationResult, GenerationStats, PassEvent
+from .events import (
+    CanvasEvent,
+    FinishEvent,
+    FinishReason,
+    GenerationResult,
+    GenerationStats,
+    PassEvent,
+    RowResult,
+)
 from .generation_config import GenerationConfig
 from .model import Model
 from .noise import NoiseSource
-from .sampler import accept_by_entropy, temperature, tempered_scores
+from .sampler import StopRule, accept_by_entropy, temperature, tempered_scores
 
-PREFILL_CHUNK = 2048  # long prompts are encoded in chunks; exact up to rounding (spec §4.5)
+PREFILL_CHUNK = 2048  # long prompts are encoded in chunks; exact up to rounding
 
 FixedPositions = Mapping[int, int] | Sequence[Mapping[int, int]] | None
+StopRequested = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -67,7 +80,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[mx.array, m
 
 
 def new_token_budget(config: GenerationConfig, current_length: int) -> int:
-    """max_new_tokens, except the reference lets max_length win over the default 256 (spec §5.1)."""
+    """max_new_tokens, except that the reference lets max_length win over the default 256."""
     if config.max_length and config.max_new_tokens == 256:
         return config.max_length - current_length
     return config.max_new_tokens
@@ -82,7 +95,11 @@ def encode(model: Model, ids: mx.array, cache: PromptCache, chunk: int = PREFILL
 def finalize_canvas(
     tokens: np.ndarray, finished: np.ndarray, config: GenerationConfig, length_reached: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """EOS check and pad replacement on a committed canvas (spec §5.6); returns (tokens, finished)."""
+    """EOS check and pad replacement on a committed canvas; returns (tokens, finished).
+
+    Rows finished on an earlier canvas become all pad; a row that ends now keeps its first EOS and
+    is padded after it (the reference's `_finalize_canvas`).
+    """
     tokens = tokens.copy()
     eos = np.array(config.eos_token_id or (), dtype=np.int64)
     finished_this = np.isin(tokens, eos).any(axis=-1) if eos.size else np.zeros(len(tokens), dtype=bool)
@@ -98,18 +115,82 @@ def finalize_canvas(
     return tokens, now_finished
 
 
-def block_diffusion(
+@dataclass
+class Generation:
+    """What lives across canvases: the sequences so far and each row's accounting."""
+
+    config: GenerationConfig
+    cache: PromptCache  # the copy this answer's canvases are encoded into
+    sequences: np.ndarray  # [B, P + k*L] prompt (left-padded) and committed canvases
+    prompt_lengths: list[int]  # per row, without padding
+    prompt_width: int  # P: the padded prompt length
+    canvases: int  # canvases to run at most
+    pins: Pins | None
+    start: float  # perf_counter when encoding began
+    prompt_time: float  # seconds spent encoding the prompt
+    finished: np.ndarray = field(init=False)  # [B] bool: EOS committed or the length limit reached
+    passes: np.ndarray = field(init=False)  # [B] decoder passes while the row was live
+    reasons: list[FinishReason | None] = field(init=False)
+    reported: np.ndarray = field(init=False)  # [B] bool: the row's RowResult was already handed out
+    generation_start: float = field(init=False)  # perf_counter when the first canvas began
+    canvases_run: int = 0
+
+    def __post_init__(self) -> None:
+        B = len(self.sequences)
+        self.finished = np.zeros(B, dtype=bool)
+        self.passes = np.zeros(B, dtype=np.int64)
+        self.reasons = [None] * B
+        self.reported = np.zeros(B, dtype=bool)
+        self.generation_start = time.perf_counter()
+
+    def new_tokens(self, b: int) -> list[int]:
+        """Row b's generated ids up to and including its first EOS."""
+        eos = set(self.config.eos_token_id or ())
+        row = self.sequences[b, self.prompt_width :].tolist()
+        return next((row[: i + 1] for i, t in enumerate(row) if t in eos), row)
+
+    def generated_tokens(self, b: int) -> int:
+        new = self.sequences[b, self.prompt_width :]
+        pad = self.config.pad_token_id
+        return int((new != pad).sum()) if pad is not None else len(new)
+
+    def row(self, b: int) -> RowResult:
+        reason = self.reasons[b] or "stopped"  # no reason yet: it left before its last canvas
+        return RowResult(b, self.new_tokens(b), self.generated_tokens(b), int(self.passes[b]), reason)
+
+
+@dataclass
+class Canvas:
+    """One canvas being denoised: the state a pass reads and replaces."""
+
+    index: int
+    x: mx.array  # [B, L] the sampled-and-renoised canvas fed to the next pass
+    draft: mx.array  # [B, L] argmax of the last pass (what a commit takes)
+    pins: Pins | None
+    stop_rule: StopRule | None
+    self_conditioning: mx.array | None = None  # last pass's tempered logits, in the model dtype
+    done: mx.array = field(init=False)  # [B] bool on device: the row stopped denoising this canvas
+    done_np: np.ndarray = field(init=False)  # the same on the host, after the pass's sync
+    passes: int = 0  # passes run on this canvas
+
+    def __post_init__(self) -> None:
+        B = self.x.shape[0]
+        self.done = mx.zeros((B,), dtype=mx.bool_)
+        self.done_np = np.zeros(B, dtype=bool)
+
+
+# -- the steps -----------------------------------------------------------------------------------------
+def encode_prompt(
     model: Model,
     prompts: Sequence[Sequence[int]],
     config: GenerationConfig,
-    noise: NoiseSource,
     cache: PromptCache | None = None,
     fixed_positions: FixedPositions = None,
-) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
-    """Generate for a batch of token-id prompts, yielding an event per pass and per canvas, then the result.
+) -> Generation:
+    """Check the prompts, encode them causally into the cache, and size the generation.
 
     With `cache` (a chat session), the prompts are only the tokens not yet encoded, and the cache is
-    left holding exactly those prompt tokens afterwards: generated canvases are encoded into a copy.
+    left holding exactly those prompt tokens afterwards: generated canvases go into a copy.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise DGemmaError("empty prompt: give at least one token")
@@ -122,135 +203,185 @@ def block_diffusion(
     if cache is not None and (padding is not None or cache.batch_size != B):
         raise DGemmaError("a cached session continues one row of equal-length prompts only")
     pins = Pins.build(fixed_positions, B, L, V)
-
     start = time.perf_counter()
     if cache is None:
         cache = model.make_cache(B)
         cache.left_padding = padding
-    P = prompt_ids.shape[1]
-    budget = new_token_budget(config, P + cache.offset)
-    n_canvases = max(0, math.ceil(budget / L))
+    budget = new_token_budget(config, prompt_ids.shape[1] + cache.offset)
     encode(model, prompt_ids, cache)
-    cache = cache.copy()  # a session's cache keeps the prompt; this answer's canvases go into the copy
-    prompt_time = time.perf_counter() - start
-    gen_start = time.perf_counter()
+    return Generation(
+        config=config,
+        cache=cache.copy(),  # a session's cache keeps the prompt; this answer's canvases go into the copy
+        sequences=np.array(prompt_ids),
+        prompt_lengths=[len(p) for p in prompts],
+        prompt_width=prompt_ids.shape[1],
+        canvases=max(0, math.ceil(budget / L)),
+        pins=pins,
+        start=start,
+        prompt_time=time.perf_counter() - start,
+    )
 
-    eos_ids = np.array(config.eos_token_id or (), dtype=np.int64)
-    sequences = np.array(prompt_ids)
-    finished = np.zeros(B, dtype=bool)
-    passes = np.zeros(B, dtype=np.int64)
-    canvases_run = 0
-    for canvas_index in range(n_canvases):
-        if canvas_index > 0:
-            model.encode(mx.array(sequences[:, -L:]), cache)
-        x = noise.canvas(B, L, V)
-        canvas_pins = pins if canvas_index == 0 else None
-        if canvas_pins is not None:
-            x = canvas_pins.apply(x)
-        draft = x
-        sc = None
-        done = mx.zeros((B,), dtype=mx.bool_)
-        done_np = np.zeros(B, dtype=bool)
-        history = [mx.full((B, L), -1, dtype=mx.int32)] * (config.stability_threshold or 0)
-        pass_index = 0
-        for step in range(config.max_denoising_steps, 0, -1):
-            pass_index += 1
-            passes += ~(done_np | finished)
-            raw = model.decode(x, cache, sc)
-            temp = 1.0
-            if config.uses_temperature:
-                temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)
-            z, ent, sample, new_draft, confidence = tempered_scores(
-                raw, mx.array(temp, dtype=mx.float32), noise.gumbel(B, L, V)
-            )
-            if canvas_pins is not None:
-                ent = mx.where(canvas_pins.mask, 0.0, ent)
-                sample = canvas_pins.apply(sample)
-                new_draft = canvas_pins.apply(new_draft)
-            accepted = accept_by_entropy(ent, config.entropy_bound)
-            x_new = mx.where(accepted, sample, noise.canvas(B, L, V))
-            if canvas_pins is not None:
-                x_new = canvas_pins.apply(x_new)
-            if config.uses_adaptive_stopping:
-                if done_np.any():  # rows that already stopped keep their results
-                    new_draft = mx.where(done[:, None], draft, new_draft)
-                    x_new = mx.where(done[:, None], x, x_new)
-                stable = mx.ones((B,), dtype=mx.bool_)
-                for past in history:
-                    stable = stable & mx.all(past == new_draft, axis=-1)
-                if history:
-                    history = history[1:] + [new_draft]
-                confident = ent.mean(axis=-1) < config.confidence_threshold
-                done = done | (stable & confident)
-            sc = z.astype(model.dtype)
-            mx.eval(x_new, new_draft, done, accepted, ent, confidence)
-            changed = np.array(new_draft != draft)
-            draft, x = new_draft, x_new
-            done_np = np.array(done)
-            yield PassEvent(
-                canvas_index=canvas_index,
-                step=step,
-                pass_index=pass_index,
-                max_steps=config.max_denoising_steps,
-                temperature=temp,
-                draft=np.array(draft),
-                canvas=np.array(x),
-                accepted=np.array(accepted),
-                changed=changed,
-                entropy=np.array(ent),
-                confidence=np.array(confidence),
-                done=done_np.copy(),
-                finished=finished.copy(),
-                elapsed=time.perf_counter() - start,
-            )
-            if done_np.all():
-                break
-        canvases_run += 1
-        sequences = np.concatenate([sequences, np.array(draft, dtype=sequences.dtype)], axis=1)
-        length_reached = config.max_length is not None and sequences.shape[1] >= config.max_length
-        committed, finished = finalize_canvas(sequences[:, -L:], finished, config, length_reached)
-        sequences[:, -L:] = committed
-        yield CanvasEvent(
-            canvas_index=canvas_index,
-            tokens=committed.copy(),
-            passes=pass_index,
-            finished=finished.copy(),
-            elapsed=time.perf_counter() - start,
-        )
-        if finished.all():
-            break
 
-    gen_time = time.perf_counter() - gen_start
+def start_canvas(model: Model, generation: Generation, index: int, noise: NoiseSource) -> Canvas:
+    """Encode the canvas committed before this one (if any), then draw this canvas's noise.
+
+    Pins hold on the first canvas only (a template or puzzle lives there).
+    """
+    B, L, V = len(generation.sequences), model.canvas_length, model.vocab_size
+    if index > 0:
+        model.encode(mx.array(generation.sequences[:, -L:]), generation.cache)
+    x = noise.canvas(B, L, V)
+    pins = generation.pins if index == 0 else None
+    if pins is not None:
+        x = pins.apply(x)
+    config = generation.config
+    stop_rule = None
+    if config.uses_adaptive_stopping:
+        stop_rule = StopRule(config.stability_threshold, config.confidence_threshold, B, L)  # type: ignore[arg-type]
+    return Canvas(index, x, x, pins, stop_rule)
+
+
+def denoise_pass(
+    model: Model, generation: Generation, canvas: Canvas, step: int, noise: NoiseSource
+) -> PassEvent:
+    """One pass: decode, score, accept, renoise, stop check; updates `canvas` and the row counts.
+
+    `step` counts down from max_denoising_steps to 1, as in the reference.
+    """
+    config = generation.config
+    B, L, V = canvas.x.shape[0], model.canvas_length, model.vocab_size
+    canvas.passes += 1
+    generation.passes += ~(canvas.done_np | generation.finished)
+    raw = model.decode(canvas.x, generation.cache, canvas.self_conditioning)
+    temp = 1.0
+    if config.uses_temperature:
+        temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)  # type: ignore[arg-type]
+    z, ent, sample, draft, confidence = tempered_scores(
+        raw, mx.array(temp, dtype=mx.float32), noise.gumbel(B, L, V)
+    )
+    pins = canvas.pins
+    if pins is not None:
+        ent = mx.where(pins.mask, 0.0, ent)
+        sample, draft = pins.apply(sample), pins.apply(draft)
+    accepted = accept_by_entropy(ent, config.entropy_bound)
+    x = mx.where(accepted, sample, noise.canvas(B, L, V))
+    if pins is not None:
+        x = pins.apply(x)
+    done = canvas.done
+    if canvas.stop_rule is not None:
+        if canvas.done_np.any():  # rows that already stopped keep their results
+            draft = mx.where(done[:, None], canvas.draft, draft)
+            x = mx.where(done[:, None], canvas.x, x)
+        done = done | canvas.stop_rule(draft, ent)
+    canvas.self_conditioning = z.astype(model.dtype)
+    mx.eval(x, draft, done, accepted, ent, confidence)
+    changed = np.array(draft != canvas.draft)
+    canvas.x, canvas.draft, canvas.done = x, draft, done
+    canvas.done_np = np.array(done)
+    return PassEvent(
+        canvas_index=canvas.index,
+        step=step,
+        pass_index=canvas.passes,
+        max_steps=config.max_denoising_steps,
+        temperature=temp,
+        draft=np.array(draft),
+        canvas=np.array(x),
+        accepted=np.array(accepted),
+        changed=changed,
+        entropy=np.array(ent),
+        confidence=np.array(confidence),
+        done=canvas.done_np.copy(),
+        finished=generation.finished.copy(),
+        elapsed=time.perf_counter() - generation.start,
+    )
+
+
+def commit_canvas(generation: Generation, canvas: Canvas) -> CanvasEvent:
+    """Append the canvas's last draft, apply EOS and padding, and hand out the rows that became final.
+
+    A row is final once it has ended (EOS, or the budget ran out with this canvas) and, when there
+    is no pad id to blank the canvases after its EOS, only when the whole generation ends.
+    """
+    config = generation.config
+    L = canvas.draft.shape[1]
+    sequences = np.concatenate(
+        [generation.sequences, np.array(canvas.draft, dtype=generation.sequences.dtype)], axis=1
+    )
+    generation.canvases_run += 1
+    length_reached = config.max_length is not None and sequences.shape[1] >= config.max_length
+    committed, finished = finalize_canvas(sequences[:, -L:], generation.finished, config, length_reached)
+    sequences[:, -L:] = committed
+    eos = np.isin(committed, np.array(config.eos_token_id or (), dtype=np.int64)).any(axis=-1)
+    last = generation.canvases_run >= generation.canvases or finished.all()
+    for b in np.flatnonzero(~generation.finished & (finished | last)):
+        generation.reasons[b] = "eos" if eos[b] else "length"
+    generation.sequences, generation.finished = sequences, finished
+    ready = ~generation.reported & (last | (finished & (config.pad_token_id is not None)))
+    generation.reported |= ready
+    return CanvasEvent(
+        canvas_index=canvas.index,
+        tokens=committed.copy(),
+        passes=canvas.passes,
+        finished=finished.copy(),
+        elapsed=time.perf_counter() - generation.start,
+        rows=tuple(generation.row(int(b)) for b in np.flatnonzero(ready)),
+    )
+
+
+def finish(generation: Generation) -> GenerationResult:
+    """The result: sequences, per-row tokens, passes and finish reasons, and the run's statistics."""
+    rows = [generation.row(b) for b in range(len(generation.sequences))]
     peak_memory = mx.get_peak_memory()
     # Return this generation's scratch buffers: without it, MLX's buffer cache keeps growing across the
     # differently-shaped canvases of a long chat or batch process.
     mx.clear_cache()
-    new = sequences[:, P:]
-    valid = (
-        (new != config.pad_token_id).sum(axis=-1)
-        if config.pad_token_id is not None
-        else np.full(B, new.shape[1])
-    )
-    new_tokens = []
-    for row in new.tolist():
-        hits = [i for i, t in enumerate(row) if t in set(eos_ids.tolist())]
-        new_tokens.append(row[: hits[0] + 1] if hits else row)
     stats = GenerationStats(
-        prompt_tokens=int(P),
-        generated_tokens=[int(v) for v in valid],
-        passes=[int(p) for p in passes],
-        canvases=canvases_run,
-        tokens_per_forward=[float(v) / float(p) if p else 0.0 for v, p in zip(valid, passes, strict=True)],
-        prompt_time=prompt_time,
-        generation_time=gen_time,
+        prompt_tokens=generation.prompt_width,
+        generated_tokens=[r.generated_tokens for r in rows],
+        passes=[r.passes for r in rows],
+        canvases=generation.canvases_run,
+        tokens_per_forward=[r.tokens_per_forward for r in rows],
+        prompt_time=generation.prompt_time,
+        generation_time=time.perf_counter() - generation.generation_start,
         peak_memory_gb=peak_memory / 1e9,
     )
-    yield FinishEvent(
-        GenerationResult(
-            sequences=sequences,
-            prompt_lengths=[len(p) for p in prompts],
-            new_tokens=new_tokens,
-            stats=stats,
-            finished=[bool(f) for f in finished],
-        )
+    return GenerationResult(
+        sequences=generation.sequences,
+        prompt_lengths=generation.prompt_lengths,
+        new_tokens=[r.tokens for r in rows],
+        stats=stats,
+        finished=[bool(f) for f in generation.finished],
+        finish_reasons=[r.finish_reason for r in rows],
+        config=generation.config,
     )
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+def block_diffusion(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    noise: NoiseSource,
+    cache: PromptCache | None = None,
+    fixed_positions: FixedPositions = None,
+    stop_requested: StopRequested | None = None,
+) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
+    """Generate for a batch of token-id prompts: an event per pass and per canvas, then the result.
+
+    `stop_requested` is polled after every pass; once it returns True, generation ends there and the
+    rows not yet finished report "stopped" (their uncommitted canvas is dropped).
+    """
+    generation = encode_prompt(model, prompts, config, cache, fixed_positions)
+    for index in range(generation.canvases):
+        canvas = start_canvas(model, generation, index, noise)
+        for step in range(config.max_denoising_steps, 0, -1):
+            yield denoise_pass(model, generation, canvas, step, noise)
+            if stop_requested is not None and stop_requested():
+                yield FinishEvent(finish(generation))
+                return
+            if canvas.done_np.all():
+                break
+        yield commit_canvas(generation, canvas)
+        if generation.finished.all():
+            break
+    yield FinishEvent(finish(generation))

@@ -8,8 +8,14 @@ host sync; the [B, L, V] logits never leave the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .generation_config import GenerationConfig
+
+FinishReason = Literal["eos", "length", "stopped"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,33 @@ class PassEvent:
 
 
 @dataclass(frozen=True)
+class RowResult:
+    """One row's final output, ready to print or write: a batch job writes it the moment it exists.
+
+    `finish_reason` is "eos" (the model ended its answer), "length" (the token budget ran out first:
+    the answer may be cut short) or "stopped" (the caller stopped generation early).
+    """
+
+    index: int  # row in the batch
+    tokens: list[int]  # generated ids up to and including the first EOS
+    generated_tokens: int  # committed ids that are not padding
+    passes: int  # decoder passes while the row was live
+    finish_reason: FinishReason
+    text: str = ""  # decoded without special tokens (thoughts included)
+    thinking: str = ""  # the thinking channel, when the model used it
+    answer: str = ""  # the text without thoughts and special tokens
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.generated_tokens / self.passes if self.passes else 0.0
+
+    @property
+    def finished(self) -> bool:
+        """The model ended the answer itself (not cut at the budget, not stopped)."""
+        return self.finish_reason == "eos"
+
+
+@dataclass(frozen=True)
 class CanvasEvent:
     """A canvas committed to the sequence (after EOS padding)."""
 
@@ -49,6 +82,7 @@ class CanvasEvent:
     passes: int  # passes this canvas took
     finished: np.ndarray  # [B] bool: row has produced EOS (now or earlier)
     elapsed: float
+    rows: tuple[RowResult, ...] = ()  # rows whose output became final with this canvas
 
 
 @dataclass
@@ -90,10 +124,31 @@ class GenerationResult:
     stats: GenerationStats
     texts: list[str] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)  # per row: stopped at EOS (not at the budget)
+    finish_reasons: list[FinishReason] = field(default_factory=list)  # per row, see RowResult
+    thinking: list[str] = field(default_factory=list)  # per row: the thinking channel ("" if none)
+    answers: list[str] = field(default_factory=list)  # per row: text without thoughts or specials
+    config: GenerationConfig | None = None  # the resolved parameters this generation ran with
 
     @property
     def text(self) -> str:
         return self.texts[0] if self.texts else ""
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0] if self.answers else self.text
+
+    def row(self, b: int) -> RowResult:
+        """Row `b` as a RowResult (the same record a batch job writes)."""
+        return RowResult(
+            index=b,
+            tokens=self.new_tokens[b],
+            generated_tokens=self.stats.generated_tokens[b],
+            passes=self.stats.passes[b],
+            finish_reason=self.finish_reasons[b],
+            text=self.texts[b] if self.texts else "",
+            thinking=self.thinking[b] if self.thinking else "",
+            answer=self.answers[b] if self.answers else "",
+        )
 
     @property
     def tokens_per_forward(self) -> np.ndarray:

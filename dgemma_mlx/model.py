@@ -16,7 +16,7 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.rope_utils import initialize_rope
 
-from .cache import PromptCache
+from .cache import LayerCache, PromptCache, ReadOnlyLayerCache
 from .config import FULL, SLIDING, ModelConfig, TextConfig
 
 
@@ -45,10 +45,10 @@ def rms_norm_no_scale(x: mx.array, eps: float) -> mx.array:
 
 
 class Attention(nn.Module):
-    """Gemma 4 attention with scale 1, q/k norms, and K=V on full layers (spec §4.4).
+    """Gemma 4 attention with scale 1, q/k norms, and K=V on full layers.
 
-    Unlike mlx-lm's Gemma 4 attention it takes the RoPE offset and cache from the caller, because the
-    decoder must read the encoder's cache without ever updating it.
+    Unlike mlx-lm's Gemma 4 attention it takes the RoPE offset and cache from the caller: the encoder
+    hands it a writable `LayerCache`, the decoder a `ReadOnlyLayerCache`, so the mode is the cache.
     """
 
     def __init__(self, text: TextConfig, layer_idx: int):
@@ -87,20 +87,14 @@ class Attention(nn.Module):
     def __call__(
         self,
         x: mx.array,
-        cache,
+        cache: LayerCache | ReadOnlyLayerCache,
         offset: int,
         mask: mx.array | str | None,
-        encode: bool,
     ) -> mx.array:
         B, S, _ = x.shape
         queries = self.q_proj(x).reshape(B, S, self.n_heads, self.head_dim)
         queries = self.rope(self.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
-        keys, values = self.keys_values(x, offset)
-        if encode:
-            keys, values = cache.extend(keys, values)
-        elif cache.keys is not None and cache.length:
-            keys = mx.concatenate([cache.keys, keys], axis=2)
-            values = mx.concatenate([cache.values, values], axis=2)
+        keys, values = cache.attend(*self.keys_values(x, offset))
         out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=1.0, mask=mask)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, S, -1))
 
@@ -146,15 +140,12 @@ class DecoderLayer(nn.Module):
     def __call__(
         self,
         x: mx.array,
-        cache,
+        cache: LayerCache | ReadOnlyLayerCache,
         offset: int,
         mask: mx.array | str | None,
         scalar: mx.array,
-        encode: bool,
     ) -> mx.array:
-        h = x + self.post_attention_layernorm(
-            self.self_attn(self.input_layernorm(x), cache, offset, mask, encode)
-        )
+        h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache, offset, mask))
         dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))
         indices, weights = self.router(h)
         expert_out = self.experts.switch_glu(self.pre_feedforward_layernorm_2(h), indices)
@@ -291,9 +282,9 @@ class Model(nn.Module):
         for i, layer in enumerate(self.layers):
             if i == last:
                 keys, values = layer.self_attn.keys_values(layer.input_layernorm(h), n)
-                cache.layers[i].extend(keys, values)
+                cache.layers[i].attend(keys, values)
                 break
-            h = layer(h, cache.layers[i], n, masks[self.text.layer_types[i]], scalars[i].layer_scalar, True)
+            h = layer(h, cache.layers[i], n, masks[self.text.layer_types[i]], scalars[i].layer_scalar)
         cache.offset = n + S
 
     def soft_embed(self, probs: mx.array) -> mx.array:
@@ -338,7 +329,7 @@ class Model(nn.Module):
             if t not in masks:
                 cached = cache.layers[i].length
                 masks[t] = self._decoder_mask(L, cached, n - cached, cache)
-            x = layer(x, cache.layers[i], n, masks[t], layer.layer_scalar, False)
+            x = layer(x, cache.layers[i].read_only(), n, masks[t], layer.layer_scalar)
         logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
         cap = self.text.final_logit_softcapping
         return gemma4_text.logit_softcap(cap, logits) if cap else logits

@@ -73,3 +73,26 @@ def pad_after_eos(tokens: mx.array, eos_ids: mx.array, pad_id: int) -> mx.array:
     seen = mx.cumsum(is_eos.astype(mx.int32), axis=-1)
     pad_mask = (seen > 0) & ~((seen == 1) & is_eos)
     return mx.where(pad_mask, mx.array(pad_id, dtype=tokens.dtype), tokens)
+
+
+class StopRule:
+    """Adaptive stopping: a row stops denoising once its draft is stable and its passes are confident.
+
+    Stable: the draft equals each of the last `stability_threshold` drafts (0: always stable).
+    Confident: the mean per-position entropy of the tempered logits is below `confidence_threshold`.
+    The history starts as -1 drafts, so a row can stop on the (threshold + 1)-th pass at the earliest.
+    Checked against transformers' `StableAndConfidentStoppingCriteria`; one instance per canvas.
+    """
+
+    def __init__(self, stability_threshold: int, confidence_threshold: float, batch: int, length: int):
+        self.confidence_threshold = confidence_threshold
+        self.history = [mx.full((batch, length), -1, dtype=mx.int32)] * stability_threshold
+
+    def __call__(self, draft: mx.array, entropy: mx.array) -> mx.array:
+        """[B] bool: rows that may stop after this pass's `draft` [B, L] and `entropy` [B, L]."""
+        stable = mx.ones((draft.shape[0],), dtype=mx.bool_)
+        for past in self.history:
+            stable = stable & mx.all(past == draft, axis=-1)
+        if self.history:
+            self.history = self.history[1:] + [draft]
+        return stable & (entropy.mean(axis=-1) < self.confidence_threshold)

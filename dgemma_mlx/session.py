@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .api import Message, resolve_config
+from .api import Message, resolve_config, stream_generate
 from .cache import PromptCache
-from .engine import block_diffusion
 from .errors import DGemmaError
 from .events import CanvasEvent, FinishEvent, PassEvent
 from .generation_config import GenerationConfig
@@ -74,7 +73,8 @@ class ChatSession:
     def stream(
         self, user_text: str, noise: NoiseSource | None = None, **overrides: Any
     ) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
-        """Answer one user message; the turn joins the history only if it runs to completion.
+        """Answer one user message through the front door; the turn joins the history only if it
+        runs to completion.
 
         Interrupting (closing the generator, Ctrl-C) leaves history and cache as they were before.
         """
@@ -86,14 +86,15 @@ class ChatSession:
         else:
             cache, new_ids = self.model.make_cache(1), ids
         config = self.config.replace(**overrides)
-        for event in block_diffusion(self.model, [new_ids], config, noise or self.noise, cache):
+        events = stream_generate(
+            self.model, self.tokenizer, new_ids, config=config, noise=noise or self.noise, cache=cache
+        )
+        for event in events:
             if isinstance(event, FinishEvent):
-                result = event.result
-                result.texts = [self.tokenizer.decode(result.new_tokens[0], skip_special_tokens=True)]
-                answer = self.tokenizer.decode(result.new_tokens[0], skip_special_tokens=False)
-                _, visible = self.tokenizer.split_thinking(answer)
-                clean = self.tokenizer.decode(self.tokenizer.encode(visible, add_special_tokens=False))
-                self.messages = [*pending, {"role": "assistant", "content": clean.strip()}]
+                # The history holds the answer as its tokens read back, the form a re-render encodes.
+                answer = self.tokenizer.encode(event.result.answer, add_special_tokens=False)
+                content = self.tokenizer.decode(answer).strip()
+                self.messages = [*pending, {"role": "assistant", "content": content}]
                 self._cache, self._cached_ids = cache, ids
             yield event
 

@@ -10,6 +10,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
+from dgemma_mlx.cli import style as S
 from dgemma_mlx.cli import view as V
 from dgemma_mlx.events import CanvasEvent, GenerationStats, PassEvent
 
@@ -59,12 +60,12 @@ def terminal(width, height=24):
 
 
 def test_states_and_confidence_pick_the_style():
-    assert V.position_state(True, True) == V.position_state(True, False) == V.ACCEPTED
-    assert V.position_state(False, True) == V.NOISE
-    assert V.position_state(False, False) == V.STABLE
-    assert V.position_style(True, False, 0.99) == "bold green"
-    assert V.position_style(False, True, 0.5) == "yellow"
-    assert V.position_style(False, False, 0.1) == "dim cyan"
+    assert S.position_state(True, True) == S.position_state(True, False) == S.ACCEPTED
+    assert S.position_state(False, True) == S.NOISE
+    assert S.position_state(False, False) == S.STABLE
+    assert S.position_style(True, False, 0.99) == "bold green"
+    assert S.position_style(False, True, 0.5) == "yellow"
+    assert S.position_style(False, False, 0.1) == "dim cyan"
 
 
 def test_pieces_are_made_safe_to_draw():
@@ -98,7 +99,7 @@ def test_canvas_colours_follow_the_pass():
     styles = [str(span.style) for span in canvas.spans]
     ev = pass_event()
     expected = [
-        V.position_style(bool(a), bool(c), float(p))
+        S.position_style(bool(a), bool(c), float(p))
         for a, c, p in zip(ev.accepted[0], ev.changed[0], ev.confidence[0], strict=True)
     ]
     assert styles == expected
