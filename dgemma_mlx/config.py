@@ -7,13 +7,13 @@ resolve all of that once, here, so the model code only sees concrete numbers.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import DGemmaError
+from .jsonfile import read_json_object
 
 MODEL_TYPE = "diffusion_gemma"
 SLIDING = "sliding_attention"
@@ -132,15 +132,7 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DGemmaError(f"{path}: not found (a model directory needs config.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DGemmaError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise DGemmaError(f"{path}: expected a JSON object")
+        raw = read_json_object(path, missing="not found (a model directory needs config.json)")
         return cls.from_dict(raw, source=str(path))
 
 

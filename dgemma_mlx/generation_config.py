@@ -8,12 +8,12 @@ one-line error before any compute is spent.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DGemmaError
+from .jsonfile import read_json_object
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
@@ -51,11 +51,7 @@ class GenerationConfig:
         path = Path(model_dir) / GENERATION_CONFIG_FILE
         if not path.exists():
             return cls()
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DGemmaError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json_object(path))
 
     def replace(self, **overrides: Any) -> GenerationConfig:
         """A validated copy with `overrides` applied; None-valued overrides are ignored.

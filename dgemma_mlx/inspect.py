@@ -7,14 +7,15 @@ truncated shard.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, estimate_runtime_bytes, parameter_counts
 from .generation_config import GenerationConfig
+from .jsonfile import read_json_object_or_empty
 from .loading import resolve_model_path, safetensors_header, weight_files
 from .tokenizer import has_tokenizer
+from .units import fmt_bytes, fmt_count
 
 CONTEXT_FOR_ESTIMATE = 4096
 
@@ -23,10 +24,7 @@ def has_chat_template(model_dir: Path) -> bool:
     """A chat_template.jinja, or a template inside tokenizer_config.json (older checkpoints)."""
     if (model_dir / "chat_template.jinja").exists():
         return True
-    try:
-        return "chat_template" in json.loads((model_dir / "tokenizer_config.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+    return "chat_template" in read_json_object_or_empty(model_dir / "tokenizer_config.json")
 
 
 def summarize(path_or_repo: str | Path) -> dict[str, Any]:
@@ -67,20 +65,6 @@ def summarize(path_or_repo: str | Path) -> dict[str, Any]:
     }
 
 
-def human_count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
-
-
 def format_summary(s: dict[str, Any]) -> str:
     q = s["quantization"]
     quant = "none"
@@ -104,14 +88,14 @@ def format_summary(s: dict[str, Any]) -> str:
         ("canvas", f"{s['canvas_length']} tokens, sliding window {s['sliding_window']}"),
         (
             "parameters",
-            f"{human_count(s['parameters_total'])} total, "
-            f"{human_count(s['parameters_active'])} active per token",
+            f"{fmt_count(s['parameters_total'])} total, "
+            f"{fmt_count(s['parameters_active'])} active per token",
         ),
         ("quantized", quant),
-        ("on disk", f"{human_bytes(s['size_on_disk_bytes'])} in {s['weight_files']} file(s)"),
+        ("on disk", f"{fmt_bytes(s['size_on_disk_bytes'])} in {s['weight_files']} file(s)"),
         (
             "memory",
-            f"~{human_bytes(s['estimated_memory_bytes'])} "
+            f"~{fmt_bytes(s['estimated_memory_bytes'])} "
             f"(weights + working set at a {CONTEXT_FOR_ESTIMATE // 1024}k-token context)",
         ),
         ("tokenizer", tokenizer),

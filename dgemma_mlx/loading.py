@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten
 
 from .config import ModelConfig
 from .errors import DGemmaError
+from .jsonfile import read_json_object
 from .model import Model
 from .quantization import apply_quantization_map
 
@@ -77,10 +78,9 @@ def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
     """The shard files to read and, where an index exists, the keys each must hold."""
     index = model_dir / INDEX_FILE
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DGemmaError(f"{index}: not a valid safetensors index ({e})") from None
+        weight_map = read_json_object(index, invalid="not a valid safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise DGemmaError(f"{index}: not a valid safetensors index (no weight_map object)")
         files: dict[Path, list[str] | None] = {}
         for key, shard in weight_map.items():
             files.setdefault(model_dir / shard, []).append(key)

@@ -13,7 +13,6 @@ Diffusion canvases are decoded whole, so there is no streaming detokenizer on th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DGemmaError
+from .jsonfile import read_json_object_or_empty
 
 # Files that make a directory a tokenizer directory (any one is enough for AutoTokenizer to try).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
@@ -40,14 +40,6 @@ def _one_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _as_ids(value: Any) -> list[int]:
     if value is None:
         return []
@@ -63,10 +55,10 @@ def checkpoint_eos_ids(model_dir: Path) -> list[int]:
     model's configs list (spec §2.5: `[1, 106, 50]`). Same precedence as mlx-lm: generation_config.json
     wins over config.json (top level, then `text_config`).
     """
-    gen = _read_json(model_dir / "generation_config.json")
+    gen = read_json_object_or_empty(model_dir / "generation_config.json")
     if gen.get("eos_token_id") is not None:
         return _as_ids(gen["eos_token_id"])
-    cfg = _read_json(model_dir / "config.json")
+    cfg = read_json_object_or_empty(model_dir / "config.json")
     if cfg.get("eos_token_id") is not None:
         return _as_ids(cfg["eos_token_id"])
     text = cfg.get("text_config")
