@@ -9,7 +9,7 @@ The command itself only parses, calls one of these and prints the result.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,24 +37,17 @@ class DryRun:
         return [*self.plan.notes(), *self.destination_notes]
 
 
-def plan_conversion(
-    source: str | Path,
-    *,
-    bits: int | None = None,
-    group_size: int | None = None,
-    mode: str = "affine",
-    dtype: str = "bfloat16",
-    quantize: bool = True,
-    recipe: str | None = None,
-) -> Plan:
-    """Validate the settings, check the source (local directory or hub id) and plan every output tensor."""
-    options = ConvertOptions.resolve(bits, group_size, mode, dtype, quantize, recipe)
-    return build_plan(open_source(source), options)
+def plan_conversion(source: str | Path, options: ConvertOptions | None = None) -> Plan:
+    """Check the source (local directory or hub id) and plan every output tensor under `options`."""
+    return build_plan(open_source(source), options or ConvertOptions())
 
 
 def dry_run(source: str | Path, output: str | Path, *, force: bool = False, **settings: Any) -> DryRun:
-    """Everything a conversion would do and need, without writing anything; `settings` as for `convert`."""
-    plan = plan_conversion(source, **settings)
+    """Everything a conversion would do and need, without writing anything.
+
+    `settings` are `convert`'s (bits, group_size, mode, dtype, quantize, recipe).
+    """
+    plan = plan_conversion(source, ConvertOptions.resolve(**settings))
     return DryRun(plan, recipe_sizes(plan.source, plan.options), destination_notes(plan, Path(output), force))
 
 
@@ -78,10 +71,7 @@ def convert(
     with `force`. Raises `DGemmaError` (one line) for anything wrong with the settings, the source or
     the destination; on any failure, Ctrl-C included, nothing is left under OUT's name.
     """
-    plan = plan_conversion(
-        source, bits=bits, group_size=group_size, mode=mode, dtype=dtype, quantize=quantize, recipe=recipe
-    )
-    if progress is None:
-        return convert_checkpoint(plan, Path(output), force)
-    with progress(plan) as advance:
+    options = ConvertOptions.resolve(bits, group_size, mode, dtype, quantize, recipe)
+    plan = plan_conversion(source, options)
+    with progress(plan) if progress is not None else nullcontext(lambda n: None) as advance:
         return convert_checkpoint(plan, Path(output), force, advance)
