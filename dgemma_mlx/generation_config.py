@@ -8,6 +8,7 @@ one-line error before any compute is spent.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,39 @@ class GenerationConfig:
         if out["eos_token_id"] is not None:
             out["eos_token_id"] = list(out["eos_token_id"])
         return out
+
+
+# Names people type (as on the command line) for generation_config.json's own names.
+PARAMETER_ALIASES = {"max_tokens": "max_new_tokens", "steps": "max_denoising_steps"}
+# A new pair starts at `name=` after a space or comma; other commas belong to a list value (1,106).
+_PAIR_START = re.compile(r"[\s,]+(?=[A-Za-z_]\w*=)")
+
+
+def parse_value(text: str) -> Any:
+    """`none`, integers, floats and comma-separated integer lists (eos_token_id=1,106)."""
+    text = text.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part.strip()]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    raise DGemmaError(f"{text!r} is not a number, a list of numbers or none")
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """`key=value` pairs separated by spaces or commas -> generation overrides (aliases resolved).
+
+    The one parser for every place a person types parameters: chat's /params and the benchmarks'
+    --set. A value of `none` unsets a parameter (use `GenerationConfig.replace_explicit` with it).
+    """
+    out: dict[str, Any] = {}
+    for pair in filter(None, _PAIR_START.split(text.strip())):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DGemmaError(f"expected key=value pairs, got {pair!r}")
+        out[PARAMETER_ALIASES.get(key, key)] = parse_value(value)
+    return out

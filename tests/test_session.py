@@ -106,3 +106,27 @@ def test_generation_defaults_come_from_the_checkpoint(chat_model):
     passes = [e for e in events if isinstance(e, PassEvent)]
     assert passes[0].max_steps == GENERATION["max_denoising_steps"]
     assert isinstance(events[-1], FinishEvent) and events[-1].result.stats.canvases == 1
+
+
+def test_a_turn_goes_through_the_front_door(chat_model, monkeypatch):
+    """A chat turn gets what every generation gets: its own peak memory, the resolved config, the
+    answer decoded once, and the wired-memory context (counted here through the api module)."""
+    from dgemma_mlx import api
+
+    model, tokenizer = chat_model
+    entered = []
+    real_wired = api._wired
+
+    def counting(m):
+        entered.append(m)
+        return real_wired(m)
+
+    monkeypatch.setattr(api, "_wired", counting)
+    session = ChatSession(model, tokenizer, seed=1)
+    session.set_params(max_denoising_steps=3)
+    result = next(e.result for e in session.stream("Hello there") if isinstance(e, FinishEvent))
+    assert entered == [model]
+    assert result.config == session.config and result.config.max_denoising_steps == 3
+    assert result.stats.peak_memory_gb > 0 and result.finish_reasons[0] in ("eos", "length")
+    assert result.answer == tokenizer.split_thinking(tokenizer.decode(result.new_tokens[0], False))[1]
+    assert session.messages[-1]["content"] == tokenizer.decode(tokenizer.encode(result.answer, False)).strip()
