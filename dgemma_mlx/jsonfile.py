@@ -16,13 +16,17 @@ from .errors import DGemmaError
 
 
 def read_json_object(
-    path: str | Path, *, missing: str = "not found", invalid: str = "not valid JSON"
+    path: str | Path,
+    *,
+    missing: str = "not found",
+    invalid: str = "not valid JSON",
+    not_object: str = "expected a JSON object",
 ) -> dict[str, Any]:
     """The JSON object in `path`, or one `DGemmaError` line naming the file.
 
     `{path}: {missing}` when the file does not exist, `{path}: {invalid} ({reason})` when it is not
-    UTF-8 JSON, `{path}: expected a JSON object` for any other JSON value, and `{path}: {reason}` when
-    the system cannot read it (a directory, no permission).
+    UTF-8 JSON, `{path}: {not_object}` for any other JSON value, and `{path}: {reason}` when the
+    system cannot read it (a directory, no permission).
     """
     path = Path(path)
     try:
@@ -34,7 +38,7 @@ def read_json_object(
     except OSError as e:
         raise DGemmaError(f"{path}: {e.strerror or e}") from None
     if not isinstance(data, dict):
-        raise DGemmaError(f"{path}: expected a JSON object")
+        raise DGemmaError(f"{path}: {not_object}")
     return data
 
 

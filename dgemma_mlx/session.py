@@ -18,6 +18,7 @@ from .cache import PromptCache
 from .errors import DGemmaError
 from .events import CanvasEvent, FinishEvent, PassEvent
 from .generation_config import GenerationConfig
+from .jsonfile import read_json_object
 from .model import Model
 from .noise import MLXNoise, NoiseSource
 
@@ -118,15 +119,12 @@ class ChatSession:
 
     def load(self, path: str | Path) -> None:
         """Replace the conversation with a saved one; the cache is rebuilt on the next turn."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DGemmaError(f"{path}: no such session file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DGemmaError(f"{path}: not a session file ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != SESSION_FORMAT:
-            raise DGemmaError(f"{path}: not a dgemma chat session file")
+        not_ours = "not a dgemma chat session file"
+        data = read_json_object(
+            path, missing="no such session file", invalid="not a session file", not_object=not_ours
+        )
+        if data.get("format") != SESSION_FORMAT:
+            raise DGemmaError(f"{path}: {not_ours}")
         messages = data.get("messages")
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and "role" in m and "content" in m for m in messages
