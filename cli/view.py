@@ -35,7 +35,7 @@ from .options import say
 from .style import legend, position_style
 
 MIN_INTERVAL = 1 / 20  # seconds: no terminal needs more than ~20 frames a second
-DRAW_BUDGET = 0.02  # the share of wall time drawing may take (the bar is 5% overall)
+DRAW_BUDGET = 0.02  # the share of wall time drawing may take (docs/MEASUREMENTS.md, "The live view")
 MAX_PIECE_CELLS = 16  # a pathological token (a run of 30 spaces) must not eat the canvas
 PIECE_CACHE_LIMIT = 65536
 

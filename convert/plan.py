@@ -31,15 +31,13 @@ from .source import SourceCheckpoint, SourceTensor
 OUT_DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "fp32": "float32", "f32": "float32"}
 SOURCE_MX_DTYPES = {"BF16": mx.bfloat16, "F16": mx.float16, "F32": mx.float32}
-# Source bytes read and transformed at once. Peak memory is the process baseline plus a small multiple
-# of this, independent of both the model size and its largest tensor. 16 MiB converts as fast as
-# larger slices (benchmarks/convert_memory.py: 64 and 128 MiB were no faster) with the flattest peak.
+# Source bytes read and transformed at once: peak memory is the process baseline plus a small multiple
+# of this, whatever the model size. Chosen with benchmarks/convert_memory.py (docs/MEASUREMENTS.md).
 CHUNK_BYTES = 16 * 2**20
 # Shards are never held in memory (tensors stream into place), so this only sets the file count.
 MAX_SHARD_BYTES = 5 * 10**9
-# Measured with benchmarks/convert_memory.py (real layer geometry, bf16 -> default recipe): the
-# interpreter with MLX and our imports is ~270 MB; each slice costs ~4x its source bytes (the read
-# buffer, the MLX copy, the expert split, quantization temporaries and the bytes handed to the writer).
+# The memory model behind the estimate: the process with MLX loaded, plus each slice's temporaries (the
+# read buffer, the MLX copy, the expert split, quantization, the writer's bytes); docs/MEASUREMENTS.md.
 BASE_PROCESS_BYTES = 280 * 2**20
 MEMORY_PER_CHUNK_BYTE = 4
 NORMS_AND_SCALARS = "norms/scalars"

@@ -16,9 +16,6 @@ RECIPES = {
     "mixed": "experts at the chosen bits; attention, dense MLP, self-conditioning and embedding at 8-bit",
     "experts-only": "experts at the chosen bits; everything else left in float",
 }
-# What `dgemma convert` uses unless told otherwise. Measured on the bundled Sudoku model (README): on the
-# run-2 weights mixed kept float's solve rate and passes while uniform, with a 4-bit embedding, needed ~3
-# more passes; on the shipped run-6 weights (100 medium puzzles) mixed and experts-only match each other
-# (the 8-bit layers change nothing measurable) a little under float, uniform a little further; experts-only
-# would cost more memory for no gain.
+# What `dgemma convert` uses unless told otherwise: the smallest recipe that kept the bundled Sudoku
+# model's solve rate and passes (docs/MEASUREMENTS.md, "The default quantization recipe").
 DEFAULT_RECIPE = "mixed"
