@@ -40,7 +40,7 @@ def layer_types(n: int) -> list[str]:
 
 
 def hf_tensors(n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every text tensor in the HF layout (spec §3.1), in file order."""
+    """(name, shape) of every text tensor in the HF layout, in file order."""
     t = REAL_TEXT
     H, I, Ie, E, n_h = (
         t["hidden_size"],

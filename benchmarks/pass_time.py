@@ -7,7 +7,7 @@ which must stay under 5% of a pass.
 
     python benchmarks/pass_time.py [--hidden 1024 --layers 8 --vocab 32768 --canvas 256 --passes 12]
 
-On Linux, preload OpenBLAS for realistic CPU numbers (see DEVELOPERS.md).
+On Linux, preload OpenBLAS for realistic CPU numbers (README, Development).
 """
 
 from __future__ import annotations

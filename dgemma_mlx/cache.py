@@ -1,8 +1,9 @@
 """The encoder's KV cache: what the decoder reads on every denoising pass.
 
 mlx-lm's `RotatingKVCache` keeps a whole multi-token prefill and rotates its storage on single-token
-updates; the decoder needs exactly the last W-1 sliding-layer tokens in temporal order (spec §4.4, §6.8),
-so sliding layers use this small concat-then-trim cache instead.
+updates; the decoder needs exactly the last W-1 sliding-layer tokens in temporal order
+(docs/ARCHITECTURE.md, "Attention and the cache"), so sliding layers use this small concat-then-trim
+cache instead.
 
 Only the encoder writes. Attention asks its cache for "everything to attend over, given these new
 keys and values" (`attend`): a `LayerCache` stores the new ones on the way (the encoder's causal

@@ -1,8 +1,9 @@
 """Reading a DiffusionGemma `config.json` into the geometry the MLX model is built from.
 
 The released file and what transformers' `save_pretrained` writes today serialise per-layer attention
-geometry differently (spec §2.3), and most keys have defaults that the reference fills in silently. We
-resolve all of that once, here, so the model code only sees concrete numbers.
+geometry differently (docs/ARCHITECTURE.md, "Configuration"), and most keys have defaults that the
+reference fills in silently. We resolve all of that once, here, so the model code only sees concrete
+numbers.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
 def _per_layer_geometry(
     t: dict[str, Any], layer_types: list[str], source: str
 ) -> tuple[list[int], list[int]]:
-    """Head dim and KV heads per layer, from `per_layer_config` or the older global_* keys (spec §2.3)."""
+    """Head dim and KV heads per layer, from `per_layer_config` or the older global_* keys
+    (docs/ARCHITECTURE.md, "Configuration")."""
     head_dim, kv = int(t["head_dim"]), int(t["num_key_value_heads"])
     head_dims = [head_dim] * len(layer_types)
     kv_heads = [kv] * len(layer_types)
@@ -236,7 +238,8 @@ def _per_layer_geometry(
 
 
 def parameter_counts(text: TextConfig) -> dict[str, int]:
-    """Text-path parameter counts by group, and the per-token active total (spec §3.1)."""
+    """Text-path parameter counts by group, and the per-token active total (docs/ARCHITECTURE.md,
+    "Weights")."""
     H, V, I, Ie, E, K = (
         text.hidden_size,
         text.vocab_size,

@@ -1,8 +1,8 @@
 """Generation parameters, named as in `generation_config.json`, defaulting to the checkpoint's own file.
 
-Priority follows the reference (spec §2.5): explicit overrides > the checkpoint's
-generation_config.json > global defaults. Validation mirrors the reference's rules so a bad value is a
-one-line error before any compute is spent.
+Priority follows the reference (docs/ARCHITECTURE.md, "Configuration"): explicit overrides > the
+checkpoint's generation_config.json > global defaults. Validation mirrors the reference's rules so a bad
+value is a one-line error before any compute is spent.
 """
 
 from __future__ import annotations

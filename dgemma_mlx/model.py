@@ -2,8 +2,9 @@
 
 Module names mirror the Hugging Face checkpoint (`model.decoder.*` for the shared weights,
 `model.encoder.language_model.layers.{i}.layer_scalar` for the encoder's own scalars), so weight
-sanitising is a small rename (spec §3.3). mlx-lm's Gemma 4 pieces are reused where the maths is
-identical: dense MLP, expert SwitchGLU, proportional RoPE, soft-cap (spec §7).
+sanitising is a small rename (docs/ARCHITECTURE.md, "Weights"). mlx-lm's Gemma 4 pieces are reused
+where the maths is identical: dense MLP, expert SwitchGLU, proportional RoPE, soft-cap
+(docs/ARCHITECTURE.md, "Reuse of mlx-lm").
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class Attention(nn.Module):
 class Router(gemma4_text.Router):
     """mlx-lm's router with the reference's precision: full softmax in float32, scalar applied in float32.
 
-    mlx-lm casts H^-1/2 to bf16 first (-0.24%), which can flip near-tie expert choices (spec §6.6).
+    mlx-lm casts H^-1/2 to bf16 first (-0.24%), which can flip near-tie expert choices (docs/ARCHITECTURE.md,
+    "A layer").
     """
 
     def __call__(self, x: mx.array) -> tuple[mx.array, mx.array]:
@@ -155,7 +157,8 @@ class DecoderLayer(nn.Module):
 
 
 class SelfConditioning(gemma4_text.MLP):
-    """Feeds the previous pass's soft prediction back into the canvas embedding (spec §4.6 step 3)."""
+    """Feeds the previous pass's soft prediction back into the canvas embedding (docs/ARCHITECTURE.md,
+    "Self-conditioning")."""
 
     def __init__(self, text: TextConfig):
         super().__init__(_mlx_lm_args(text))
@@ -185,7 +188,8 @@ class ScalarOnly(nn.Module):
 
 
 class EncoderScalars(nn.Module):
-    """The only encoder-specific tensors: one layer scalar per layer (buffers are not tied, spec §3.2)."""
+    """The only encoder-specific tensors: one layer scalar per layer (buffers are not tied,
+    docs/ARCHITECTURE.md, "Weights")."""
 
     def __init__(self, text: TextConfig):
         super().__init__()
@@ -264,7 +268,7 @@ class Model(nn.Module):
         """Causal pass over clean tokens at positions [n, n+S): extends the cache, returns nothing.
 
         The last layer's K/V is all the cache needs from it, so its attention and FFN are skipped, as is
-        the final norm (spec §4.5).
+        the final norm (docs/ARCHITECTURE.md, "Attention and the cache").
         """
         B, S = ids.shape
         n = cache.offset
@@ -288,7 +292,8 @@ class Model(nn.Module):
         cache.offset = n + S
 
     def soft_embed(self, probs: mx.array) -> mx.array:
-        """probs @ E, straight from the quantized table when the embedding is quantized (spec §4.6)."""
+        """probs @ E, straight from the quantized table when the embedding is quantized
+        (docs/ARCHITECTURE.md, "Self-conditioning")."""
         emb = self.model.decoder.embed_tokens
         if isinstance(emb, nn.QuantizedEmbedding):
             return mx.quantized_matmul(
@@ -336,7 +341,8 @@ class Model(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------------
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """HF checkpoint names -> this module tree (spec §3.2, §3.3); MLX-converted names pass through."""
+        """HF checkpoint names -> this module tree (docs/ARCHITECTURE.md, "Weights"); MLX-converted names
+        pass through."""
         out: dict[str, mx.array] = {}
         encoder_text = "model.encoder.language_model."
         for key, value in weights.items():

@@ -3,7 +3,8 @@
 Block diffusion draws two kinds of noise: uniform token ids (the initial canvas and every renoise,
 draw "C") and Gumbel noise for the categorical sample of each pass (draw "S"). Keeping both behind
 one small interface lets tests replay exactly the draws another implementation consumed (a *tape*),
-which is how we prove token-for-token parity with the reference (spec §8.6).
+which is how we prove token-for-token parity with the reference (docs/ARCHITECTURE.md, "Tests and
+benchmarks").
 """
 
 from __future__ import annotations

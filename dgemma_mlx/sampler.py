@@ -1,4 +1,6 @@
-"""The entropy-bound sampler's maths (spec §5.3), as pure MLX functions on device arrays.
+"""The entropy-bound sampler's maths, as pure MLX functions on device arrays.
+
+docs/ARCHITECTURE.md, "The sampler", states each rule and the reference function it was checked against.
 
 Kept apart from the loop in `engine.py` so each rule can be tested on hand-made numbers and so the
 hot path stays free of host round trips.

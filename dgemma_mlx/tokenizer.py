@@ -4,8 +4,8 @@ Loading goes through mlx-lm's `tokenizer_utils.load` (a thin layer over transfor
 so a checkpoint behaves here exactly as it does under mlx-lm: same tokenizer.json, same
 `chat_template.jinja` (or the template in tokenizer_config.json), same `enable_thinking` handling.
 The port never hand-writes a chat template, because Gemma 4's has changed between revisions
-(spec §5.10): `render_chat` only renders the one that ships next to the weights. Nothing here
-imports torch or transformers' modeling code.
+(docs/ARCHITECTURE.md, "Chat template and thinking"): `render_chat` only renders the one that ships
+next to the weights. Nothing here imports torch or transformers' modeling code.
 
 Diffusion canvases are decoded whole, so there is no streaming detokenizer on this wrapper.
 """
@@ -25,8 +25,8 @@ from .jsonfile import read_json_object_or_empty
 # Files that make a directory a tokenizer directory (any one is enough for AutoTokenizer to try).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
-# Gemma-4 thinking delimiters (spec §5.10): the model writes `<|channel>thought\n...<channel|>`
-# before its answer when the system turn starts with `<|think|>`.
+# Gemma-4 thinking delimiters (docs/ARCHITECTURE.md, "Chat template and thinking"): the model writes
+# `<|channel>thought\n...<channel|>` before its answer when the system turn starts with `<|think|>`.
 CHANNEL_OPEN = "<|channel>"
 CHANNEL_CLOSE = "<channel|>"
 THOUGHT_CHANNEL = "thought"
@@ -52,8 +52,8 @@ def checkpoint_eos_ids(model_dir: Path) -> list[int]:
     """EOS ids the checkpoint declares beyond the tokenizer's own `<eos>`.
 
     Chat turns end with `<turn|>` (106) and tool calls with `<|tool_response>` (50), which only the
-    model's configs list (spec §2.5: `[1, 106, 50]`). Same precedence as mlx-lm: generation_config.json
-    wins over config.json (top level, then `text_config`).
+    model's configs list (`[1, 106, 50]`, docs/ARCHITECTURE.md, "Configuration"). Same precedence as
+    mlx-lm: generation_config.json wins over config.json (top level, then `text_config`).
     """
     gen = read_json_object_or_empty(model_dir / "generation_config.json")
     if gen.get("eos_token_id") is not None:

@@ -13,7 +13,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def sharp_checkpoint(tmp_path_factory):
-    """Embedding x SHARPEN (8) so acceptance and adaptive stopping actually trigger (spec §8.2)."""
+    """Embedding x SHARPEN (8) so acceptance and adaptive stopping actually trigger."""
     return write_tiny_checkpoint(tmp_path_factory.mktemp("sharp"), seed=1, embed_multiplier=SHARPEN)
 
 

@@ -62,7 +62,7 @@ RECIPE_VERSION = 1
 _SPECIAL_MARKER = re.compile(r"<\|[^<>\s]*>|<[^<>\s]*\|>|<unused\d+>|<mask>|\[multimodal\]")
 
 # TEST STAND-IN, not Google's template. A minimal Gemma 4 chat template written from the prompt
-# format documented in spec §5.10 (and ai.google.dev's Gemma 4 prompt-formatting page):
+# format documented on ai.google.dev's Gemma 4 prompt-formatting page:
 #   <bos> then turns `<|turn>{role}\n{content}<turn|>\n`, roles system/user/model (assistant ->
 #   model); generation prompt `<|turn>model\n`; `enable_thinking=True` puts `<|think|>` at the start
 #   of the system turn, creating a system turn if there is none. It follows the current (post

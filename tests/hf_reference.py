@@ -5,11 +5,12 @@ the MLX tests can compare without touching torch.
 
 - Checkpoints are written by the reference's `save_pretrained`, so they carry the real key layout
   (decoder-only text weights, separate encoder `layer_scalar`s, vision tower, no `lm_head`).
-- Weights follow spec §8.2, so every feature (norm weights, router scales, independent encoder and
-  decoder layer scalars) changes the output and a port that skips one fails.
+- Weights are randomised as the parity recipe says (docs/ARCHITECTURE.md), so every feature (norm
+  weights, router scales, independent encoder and decoder layer scalars) changes the output and a port
+  that skips one fails.
 - Forward passes replay exactly the calls `generate()` makes (DynamicCache, int32 positions, the
-  model's own mask helpers, `model.forward` as the decoder), spec §8.3.
-- Generation routes the sampler's two random draws through a numpy noise tape, spec §8.6.
+  model's own mask helpers, `model.forward` as the decoder).
+- Generation routes the sampler's two random draws through a numpy noise tape.
 
 Reference quirks found while writing this (transformers 5.24), and what the harness does about them:
 
@@ -103,7 +104,7 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 def tiny_config(
     sliding_window: int = 4, canvas_length: int = 8, **text_overrides: Any
 ) -> DiffusionGemmaConfig:
-    """The spec §8.1 config (text overrides on top), as the reference's own config object."""
+    """The the tiny parity geometry config (text overrides on top), as the reference's own config object."""
     text = {**TINY_TEXT, "sliding_window": sliding_window, **text_overrides}
     return DiffusionGemmaConfig(
         text_config=text, vision_config=dict(TINY_VISION), canvas_length=canvas_length
@@ -130,7 +131,7 @@ def _randomize(model: DiffusionGemmaForBlockDiffusion, embed_multiplier: float) 
 
 
 def _to_legacy(config: dict) -> dict:
-    """Older serialisation (spec §2.3): `global_head_dim` / `num_global_key_value_heads` keys."""
+    """Older serialisation: `global_head_dim` / `num_global_key_value_heads` keys."""
     text = config["text_config"]
     overrides = list(text.pop("per_layer_config").values())
     full = overrides[0]
@@ -155,7 +156,7 @@ def write_tiny_checkpoint(
     generation_config: dict | None = None,
     text_overrides: dict | None = None,
 ) -> Path:
-    """Random tiny checkpoint via `save_pretrained` (spec §8.1-8.2); returns its directory.
+    """Random tiny checkpoint via `save_pretrained` (the parity recipe); returns its directory.
 
     `embed_multiplier=tiny_models.SHARPEN` sharpens the logits so acceptance and adaptive stopping trigger.
     `layout="legacy"` rewrites config.json to the pre-`per_layer_config` form. `generation_config`
@@ -398,7 +399,7 @@ class _Draws:
 
 @contextmanager
 def replayed_noise(noise: int | Sequence[tuple[str, np.ndarray]]) -> Iterator[_Draws]:
-    """Route the reference sampler's two random draws through a seed or tape (spec §8.6).
+    """Route the reference sampler's two random draws through a seed or tape.
 
     Yields the draw source, whose `.used` lists the draws consumed so far; restores both patches on exit.
 
@@ -460,7 +461,7 @@ def reference_generate(
     dtype: str = "float32",
     **gen_kwargs: Any,
 ) -> dict[str, Any]:
-    """Run the reference `generate()` with its randomness taken from a noise tape (spec §8.6).
+    """Run the reference `generate()` with its randomness taken from a noise tape.
 
     `noise` is either a seed (draws made on demand from `NumpyNoise(seed)` and recorded, so the
     result's "draws" replay exactly through `dgemma_mlx.noise.TapeNoise`) or a tape of
@@ -503,7 +504,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def dequantized_to_hf(path_out: str | Path, weights: dict[str, np.ndarray], like: str | Path) -> Path:
-    """Write float32 weights under HF names as a checkpoint `load_reference` can run (spec §8.4).
+    """Write float32 weights under HF names as a checkpoint `load_reference` can run.
 
     `weights` must hold exactly the text tensors `like` stores, with the same shapes; vision-tower
     tensors (which the MLX side drops) may be left out and are copied from `like`. Configs are copied

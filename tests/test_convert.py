@@ -1,7 +1,7 @@
 """`dgemma convert` round trips: tiny random HF checkpoints -> MLX -> `load()` -> logits vs transformers.
 
-Quantized outputs are checked against the reference run on their own dequantized weights (spec §8.4,
-the same recipe as the core parity tests), which isolates the conversion from quantization error;
+Quantized outputs are checked against the reference run on their own dequantized weights (the same
+recipe as the core parity tests, docs/ARCHITECTURE.md), which isolates the conversion from quantization error;
 the drift that quantization itself causes is printed (top-1 agreement and KL against the unquantized
 conversion), not asserted.
 """
@@ -210,7 +210,7 @@ def sparse_real_checkpoint(path: Path, layers: int = 30) -> Path:
     raw = released(num_hidden_layers=layers)
     params = dict(tree_flatten(Model(ModelConfig.from_dict(raw)).parameters()))  # lazy
     hf: dict[str, tuple[int, ...]] = {}
-    for name, p in params.items():  # our names back to HF's (spec §3.3)
+    for name, p in params.items():  # our names back to HF's (docs/ARCHITECTURE.md, "Weights")
         if name.endswith(".switch_glu.gate_proj.weight"):
             E, Ie, H = p.shape
             hf[name.replace(".switch_glu.gate_proj.weight", ".gate_up_proj")] = (E, 2 * Ie, H)

@@ -23,7 +23,7 @@ P, L, V = 7, 8, 128
 RNG = np.random.default_rng(0)
 PROMPT = RNG.integers(3, V, (2, P))
 CANVAS1, CANVAS2 = RNG.integers(0, V, (2, L)), RNG.integers(0, V, (2, L))
-# Rows stop after different numbers of passes here (spec §8.6).
+# Rows stop after different numbers of passes here (docs/ARCHITECTURE.md, "Tests and benchmarks").
 EARLY_STOP = {
     "stability_threshold": 1,
     "confidence_threshold": 1000.0,

@@ -1,4 +1,4 @@
-"""4-bit models against the reference run on their own dequantized weights (spec §8.4).
+"""4-bit models against the reference run on their own dequantized weights.
 
 Comparing with the dequantized weights isolates our implementation from quantization error, so
 the tolerance stays at float32 level. The quantization error itself is reported (top-1 agreement

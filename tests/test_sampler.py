@@ -1,4 +1,4 @@
-"""The sampler's rules on hand-made numbers (spec §8.7), without any model."""
+"""The sampler's rules on hand-made numbers (docs/ARCHITECTURE.md, "The sampler"), without any model."""
 
 import math
 
@@ -66,7 +66,7 @@ def test_finalize_canvas_pads_rows_finished_earlier_and_after_eos():
 
 def test_canvas_budget_is_ceil_without_truncation_and_max_length_quirk():
     assert math.ceil(new_token_budget(GenerationConfig(max_new_tokens=20), 7) / 8) == 3
-    # an explicit max_length wins only over the default max_new_tokens of 256 (spec §5.1)
+    # an explicit max_length wins only over the default max_new_tokens of 256 (a reference quirk)
     assert new_token_budget(GenerationConfig(max_length=30), 10) == 20
     assert new_token_budget(GenerationConfig(max_length=30, max_new_tokens=40), 10) == 40
 

@@ -1,8 +1,8 @@
 """The tokenizer layer on the real Gemma 4 vocabulary: ids, round trips, chat rendering, thinking, errors.
 
 The vocabulary comes from the maxtext wheel (see gemma4_assets.py), converted once and cached on
-disk; the chat template there is a test stand-in written from spec §5.10, so these tests check that
-`render_chat` renders *whatever template ships* faithfully, not Google's exact template text.
+disk; the chat template there is a test stand-in written from the documented prompt format, so these
+tests check that `render_chat` renders *whatever template ships* faithfully, not Google's exact template text.
 Small hand-built tokenizers cover the cases that do not need the real vocabulary.
 """
 

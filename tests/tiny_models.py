@@ -1,11 +1,11 @@
 """Every tiny random DiffusionGemma the tests and benchmarks build, and the one rule that sharpens them.
 
 One module so the models cannot drift apart:
-- `TINY_GEOMETRY`: the spec §8.1 sizes every test model shares (also the transformers reference
-  checkpoints of `hf_reference.py`), so a bug that only one size exposes shows up in every suite.
+- `TINY_GEOMETRY`: the sizes every test model shares (also the transformers reference checkpoints of
+  `hf_reference.py`), so a bug that only one size exposes shows up in every suite.
   Vocabulary, layer types, window and special ids differ per model and are set where each is built.
 - `SHARPEN` / `sharpen`: the embedding (tied: also the LM head) times 8, so a random model's outputs
-  are peaky enough for entropy acceptance and adaptive stopping to actually trigger (spec §8.2).
+  are peaky enough for entropy acceptance and adaptive stopping to actually trigger.
   `hf_reference.write_tiny_checkpoint(embed_multiplier=SHARPEN)` applies the same factor on the torch side.
 - `tiny_model(vocab_size=64)`: an in-memory model (no tokenizer), for engine tests that feed ids.
 - `tiny_chat_model(path)`: the real 262,144-id Gemma 4 vocabulary and chat template (not sharpened).
