@@ -4,7 +4,7 @@ Puzzles come from a seed never used in training (training pools use seeds 1001-1
 evaluation 777). Puzzles are solved in batches (rows stop independently, so a batch changes only the
 wall time). `--recipe` quantizes the model in memory first, to measure how precision changes the
 solve rate and the passes a canvas needs (this is how `dgemma convert`'s default recipe was chosen).
-`--model` evaluates another checkpoint directory, e.g. one that `dgemma_mlx.sudoku.train` is writing.
+`--model` evaluates another checkpoint directory, e.g. one that `training.sudoku.train` is writing.
 `--attempts` is the number of solves tried per puzzle, as `dgemma sudoku --attempts` (same default): the
 table gives the rate of the first attempt alone (the model and sampler as they are) and of all of
 them, and the passes of all attempts.
@@ -15,14 +15,13 @@ them, and the passes of all attempts.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from dgemma_mlx.loading import load
 from dgemma_mlx.quantization import RECIPES, quantize_model
 from dgemma_mlx.sudoku import ASSETS, DEFAULT_ATTEMPTS
-from dgemma_mlx.sudoku.puzzles import DIFFICULTIES, generate_batch
-from dgemma_mlx.sudoku.solver_model import solve_grids, solve_rate_and_passes
+from dgemma_mlx.sudoku.evaluation import evaluate
+from dgemma_mlx.sudoku.puzzles import DIFFICULTIES
 
 
 def main() -> None:
@@ -48,19 +47,12 @@ def main() -> None:
     widths = {"solved": 9, "rate": 7, "passes": 7, "attempts": 9, "1st attempt": 12, "s/puzzle": 9}
     print(f"{'difficulty':<10} " + " ".join(f"{c:>{w}}" for c, w in widths.items()), flush=True)
     for difficulty in args.difficulties:
-        puzzles = [pz.puzzle for pz in generate_batch(args.seed, difficulty, args.count)]
-        t0 = time.perf_counter()
-        results = []
-        for start in range(0, len(puzzles), args.batch):
-            batch = puzzles[start : start + args.batch]
-            results += solve_grids(model, batch, seed=args.seed + start, attempts=args.attempts)
-        dt = (time.perf_counter() - t0) / len(puzzles)
-        rate, passes = solve_rate_and_passes(results)
-        solved = f"{sum(r.valid for r in results)}/{len(results)}"
-        attempts = sum(r.attempts for r in results) / len(results)
-        first = sum(r.valid and r.attempts == 1 for r in results) / len(results)
-        line = f"{difficulty:<10} {solved:>9} {rate:>6.1%} {passes:>7.1f} {attempts:>9.2f} {first:>11.1%}"
-        print(f"{line} {dt:>9.3f}", flush=True)
+        runs = evaluate(model, args.seed, args.count, [difficulty], attempts=args.attempts, batch=args.batch)
+        f = runs[difficulty]
+        solved = f"{f.solved}/{f.count}"
+        line = f"{difficulty:<10} {solved:>9} {f.rate:>6.1%} {f.passes:>7.1f} {f.attempts:>9.2f}"
+        line += f" {f.first_attempt:>11.1%}"
+        print(f"{line} {f.seconds_per_puzzle:>9.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 generation_config.json.
 
 A diffusion model's sampler settings trade passes for accuracy (a lower entropy bound accepts fewer
-cells per pass; more passes give the canvas more chances to settle). The sweep runs on the training
-script's held-out evaluation seed, never on the benchmark's seed, so the chosen settings are not
+cells per pass; more passes give the canvas more chances to settle). The sweep runs on the held-out
+evaluation seed (`evaluation.EVAL_SEED`), never on the benchmark's seed, so the chosen settings are not
 tuned on the puzzles `sudoku_eval.py` reports.
 
     python benchmarks/sudoku_sampler_sweep.py --model DIR --count 100 \
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GenerationConfig
 from dgemma_mlx.loading import load
 from dgemma_mlx.sudoku import ASSETS
-from dgemma_mlx.sudoku.puzzles import generate_batch
-from dgemma_mlx.sudoku.solver_model import solve_grids, solve_rate_and_passes
-from dgemma_mlx.sudoku.train import EVAL_SEED
+from dgemma_mlx.sudoku.evaluation import EVAL_SEED, evaluate, puzzles
 
 
 def parse_setting(text: str) -> dict[str, float | int | None]:
@@ -55,16 +52,13 @@ def main() -> None:
         except (DGemmaError, ValueError) as e:
             p.error(f"--set {text}: {e}")
     model, _ = load(args.model)
-    puzzles = {d: [pz.puzzle for pz in generate_batch(args.seed, d, args.count)] for d in args.difficulties}
+    for difficulty in args.difficulties:
+        puzzles(args.seed, difficulty, args.count)  # generated once, before the first setting's clock
     print(f"model {args.model}; {args.count} puzzles per difficulty, seed {args.seed}", flush=True)
     for text, config in configs:
-        cells = []
-        t0 = time.perf_counter()
-        for difficulty, grids in puzzles.items():
-            results = solve_grids(model, grids, seed=args.seed, config=config)
-            rate, passes = solve_rate_and_passes(results)
-            cells.append(f"{difficulty} {rate:6.1%} {passes:5.1f} passes")
-        seconds = time.perf_counter() - t0
+        figures = evaluate(model, args.seed, args.count, args.difficulties, config=config)
+        cells = [f"{d} {f.rate:6.1%} {f.passes:5.1f} passes" for d, f in figures.items()]
+        seconds = sum(f.seconds_per_puzzle * f.count for f in figures.values())
         print(f"{text or 'checkpoint defaults':<50} " + "  ".join(cells) + f"  ({seconds:.0f} s)", flush=True)
 
 

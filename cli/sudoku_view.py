@@ -1,8 +1,9 @@
 """The Sudoku board view: a 9x9 grid whose cells change pass by pass as the canvas denoises.
 
-Consumes only engine and solver events. Givens are pinned and drawn bold; every other cell shows the
-current draft digit coloured by its state on this pass (accepted now, still noise, unchanged) and
-dimmed by the model's confidence. A retry (a transformed copy of the puzzle) is announced above the
+Consumes only engine and solver events, through the same `handle(event)` as the text views in
+`view.py`. Givens are pinned and drawn in `style.PINNED`; every other cell shows the current draft
+digit coloured by the one colour rule of every live view (`style.position_style`: its state on this
+pass, brightness by the model's confidence). A retry (a transformed copy of the puzzle) is announced above the
 board, which keeps the puzzle's own layout: the solver maps every pass back. Redraws are throttled;
 off a TTY nothing is animated and no ANSI is written.
 """
@@ -10,6 +11,8 @@ off a TTY nothing is animated and no ANSI is written.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from types import TracebackType
 
 import numpy as np
 from rich.console import Console, Group
@@ -19,19 +22,13 @@ from rich.text import Text
 
 from dgemma_mlx.events import PassEvent
 from dgemma_mlx.sudoku import tokens as T
-from dgemma_mlx.sudoku.solver_model import AttemptEvent
+from dgemma_mlx.sudoku.solver_model import AttemptEvent, SudokuResult
+
+from .style import PINNED, legend, position_style
+from .view import View
 
 REDRAW_INTERVAL = 1 / 15  # seconds; the view must cost a sliver of a pass
-
-
-def cell_style(given: bool, accepted: bool, changed: bool, confidence: float) -> str:
-    if given:
-        return "bold white"
-    if accepted:
-        return "bold green" if confidence > 0.9 else "green"
-    if changed:
-        return "yellow"
-    return "cyan" if confidence > 0.5 else "dim red"
+SudokuEvent = AttemptEvent | PassEvent | SudokuResult
 
 
 def render_board(puzzle, digits, accepted=None, changed=None, confidence=None) -> Table:
@@ -48,8 +45,7 @@ def render_board(puzzle, digits, accepted=None, changed=None, confidence=None) -
                 cells.append(Text("│ "))
             i = r * 9 + c
             d = int(digits[i])
-            style = cell_style(
-                bool(puzzle[i]),
+            style = PINNED if puzzle[i] else position_style(
                 bool(accepted[i]) if accepted is not None else False,
                 bool(changed[i]) if changed is not None else False,
                 float(confidence[i]) if confidence is not None else 1.0,
@@ -67,8 +63,21 @@ def plain_board(digits) -> str:
     return "\n".join(rows)
 
 
+def watch(events: Iterable[SudokuEvent], view: View) -> SudokuResult:
+    """Feed every event of one solve to `view`; return the solve's result."""
+    result = None
+    with view:
+        for event in events:
+            view.handle(event)
+            if isinstance(event, SudokuResult):
+                result = event
+    if result is None:
+        raise RuntimeError("a solve ended without a result")
+    return result
+
+
 class SudokuLiveView:
-    """Context manager fed with PassEvents; draws the board live on a terminal."""
+    """A `View` of one solve: fed every event, draws the board live on a terminal."""
 
     def __init__(self, console: Console, puzzle, title: str):
         self.console = console
@@ -84,12 +93,21 @@ class SudokuLiveView:
         self._draw(self._frame(None))
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.last_event is not None:
             self._draw(self._frame(self.last_event))
-        self.live.__exit__(*exc)
+        self.live.__exit__(kind, exc, tb)
 
-    def start_attempt(self, event: AttemptEvent) -> None:
+    def handle(self, event: SudokuEvent) -> None:
+        if isinstance(event, AttemptEvent):
+            self._start_attempt(event)
+        elif isinstance(event, PassEvent):
+            self._update(event)
+        # a SudokuResult changes nothing on the board: the command prints the verdict under it
+
+    def _start_attempt(self, event: AttemptEvent) -> None:
         """A retry means the attempt before it ended on an invalid grid: say so, then start afresh."""
         if event.attempt > 1:
             if self.last_event is not None:
@@ -104,7 +122,7 @@ class SudokuLiveView:
         self.attempt = event
         self.last_event = None
 
-    def update(self, event: PassEvent) -> None:
+    def _update(self, event: PassEvent) -> None:
         self.last_event = event
         now = time.perf_counter()
         if now - self.last_draw >= REDRAW_INTERVAL:
@@ -128,8 +146,5 @@ class SudokuLiveView:
             f"  mean entropy {float(np.mean(event.entropy[0])):.3f}",
             f"  accepted {int(event.accepted[0].sum())}/81",
         )
-        legend = Text.assemble(
-            ("given ", "bold white"), ("accepted ", "green"), ("changed ", "yellow"), ("unchanged", "cyan")
-        )
         board = render_board(self.puzzle, digits, event.accepted[0], event.changed[0], event.confidence[0])
-        return Group(header, board, legend)
+        return Group(header, board, legend(pinned="given"))

@@ -94,7 +94,7 @@ SETTINGS = [
     pytest.param({"stability_threshold": 1, "confidence_threshold": 0.005}, id="stability1-default"),
     pytest.param({"stability_threshold": 2, "confidence_threshold": 0.05}, id="stability2"),
     pytest.param({"stability_threshold": 3, "confidence_threshold": 0.2}, id="stability3"),
-    # large confidence threshold + tiny temperature: rows stop at different passes (spec §8.6)
+    # large confidence threshold + tiny temperature: rows stop at different passes
     pytest.param(
         {
             "stability_threshold": 1,
@@ -165,7 +165,7 @@ def test_sudoku_grid_rope_matches_reference(tmp_path):
     """The bundled Sudoku model's linear RoPE with factor < 1 means the same in transformers as here."""
     from hf_reference import TINY_TEXT
 
-    from dgemma_mlx.sudoku.train import rope_parameters
+    from dgemma_mlx.sudoku.architecture import rope_parameters
 
     rope = rope_parameters(TINY_TEXT["head_dim"])  # what the shipped config holds, at the tiny head size
     path = write_tiny_checkpoint(tmp_path / "grid", seed=3, text_overrides={"rope_parameters": rope})

@@ -13,14 +13,19 @@ from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.loading import load
 from dgemma_mlx.model import Model
 from dgemma_mlx.sampler import entropy, log_probs
-from dgemma_mlx.sudoku import ASSETS, train
+from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku import tokens as T
+from dgemma_mlx.sudoku.architecture import GENERATION_CONFIG, MODEL_CONFIG
 from dgemma_mlx.sudoku.puzzles import generate_batch
+from training.sudoku import train
+from training.sudoku.geometry import grow, model_config
+from training.sudoku.pool import Pool, make_batch
+from training.sudoku.recipe import draw_rollout, loss_fn, sampler_canvas
 
 TINY = ["--layers", "2", "--hidden", "32", "--experts", "2", "--heads", "2"]
 
 
-def small_pool() -> train.Pool:
+def small_pool() -> Pool:
     return {
         d: [(np.array(p.puzzle), np.array(p.solution)) for p in generate_batch(5, d, 3)]
         for d in ("easy", "medium")
@@ -28,14 +33,14 @@ def small_pool() -> train.Pool:
 
 
 def test_default_geometry_is_the_shipped_checkpoint():
-    assert train.model_config() == train.model_config(4, 128, 4) == train.MODEL_CONFIG
-    assert json.loads((ASSETS / "config.json").read_text()) == train.MODEL_CONFIG
+    assert model_config() == model_config(4, 128, 4) == MODEL_CONFIG
+    assert json.loads((ASSETS / "config.json").read_text()) == MODEL_CONFIG
     # the sampler settings too: training evaluates with (and --sc-temp defaults to) what ships
-    assert json.loads((ASSETS / "generation_config.json").read_text()) == train.GENERATION_CONFIG
+    assert json.loads((ASSETS / "generation_config.json").read_text()) == GENERATION_CONFIG
 
 
 def test_batches_never_corrupt_givens_and_score_only_blanks():
-    prompts, canvases, targets, mask = train.make_batch(
+    prompts, canvases, targets, mask = make_batch(
         np.random.default_rng(1), small_pool(), 16, {"easy": 1.0, "medium": 1.0, "hard": 1.0}
     )
     assert prompts.shape == (16, len(T.encode_prompt([0] * 81)))
@@ -50,14 +55,14 @@ def test_the_recipe_learns_with_and_without_self_conditioning():
     """A few AdamW steps on one batch must lower the loss, through the same `loss_fn` the trainer
     uses; with self-conditioning (one earlier pass, a chain of three, or a rollout of two) the graded
     pass's own self-conditioning weights get a gradient too."""
-    batch = train.make_batch(np.random.default_rng(2), small_pool(), 8, {"easy": 1.0})
+    batch = make_batch(np.random.default_rng(2), small_pool(), 8, {"easy": 1.0})
     temps = mx.full((8,), 0.6)
-    rollout_of_two = (train.draw_rollout(np.random.default_rng(3), 2, 8),)
+    rollout_of_two = (draw_rollout(np.random.default_rng(3), 2, 8),)
     for sc_passes, rollout in ((0, ()), (1, ()), (3, ()), (2, rollout_of_two)):
         mx.random.seed(0)
-        model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
+        model = Model(ModelConfig.from_dict(model_config(2, 32, 2)))
         optimizer = optim.AdamW(learning_rate=3e-3)
-        grad_fn = nn.value_and_grad(model, partial(train.loss_fn, sc_passes=sc_passes))
+        grad_fn = nn.value_and_grad(model, partial(loss_fn, sc_passes=sc_passes))
         first, grads = grad_fn(model, *batch, temps, *rollout)
         sc_grad = grads["model"]["decoder"]["self_conditioning"]["gate_proj"]["weight"]
         assert (float(mx.abs(sc_grad).max()) > 0) == (sc_passes > 0)
@@ -71,8 +76,8 @@ def test_the_recipe_learns_with_and_without_self_conditioning():
 
 def test_a_self_conditioning_chain_feeds_each_pass_the_one_before():
     """sc_passes=k grades the (k+1)-th pass of a chain: the same logits as running the chain by hand."""
-    model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
-    batch = train.make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0})
+    model = Model(ModelConfig.from_dict(model_config(2, 32, 2)))
+    batch = make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0})
     prompts, canvases, targets, mask = batch
     temps = mx.array([0.5, 0.7, 0.9, 1.1])
     cache = model.make_cache(4)
@@ -83,7 +88,7 @@ def test_a_self_conditioning_chain_feeds_each_pass_the_one_before():
         ce = nn.losses.cross_entropy(logits, targets, reduction="none")
         losses.append(float((ce * mask).sum() / mask.sum()))
         sc = logits / temps[:, None, None]
-    got = [float(train.loss_fn(model, *batch, temps, sc_passes=k)) for k in range(3)]
+    got = [float(loss_fn(model, *batch, temps, sc_passes=k)) for k in range(3)]
     np.testing.assert_allclose(got, losses, rtol=1e-5)
     assert len(set(np.round(got, 6))) == 3  # each pass of the chain differs from the one before
 
@@ -99,7 +104,7 @@ def test_the_sampler_canvas_keeps_the_surest_samples_and_renoises_the_rest():
     forced = rng.integers(0, V, (B, L))
     gumbel = mx.array(np.where(np.arange(V) == forced[..., None], 1e4, 0.0).astype(np.float32))
     noise = mx.array(((forced + 1) % V).astype(np.int32))  # never the sample: each blank cell tells which
-    out = np.array(train.sampler_canvas(z, canvases, blank, gumbel, noise, mx.array([0.0, 0.5, 1.0])))
+    out = np.array(sampler_canvas(z, canvases, blank, gumbel, noise, mx.array([0.0, 0.5, 1.0])))
     blank_np = np.array(blank)
     ent = np.array(entropy(log_probs(z)))
     assert (out[~blank_np] == np.array(canvases)[~blank_np]).all()
@@ -113,23 +118,23 @@ def test_the_sampler_canvas_keeps_the_surest_samples_and_renoises_the_rest():
 
 def test_a_rollout_grades_the_pass_after_the_sampler_rewrote_the_canvas():
     """With `rollout`, each earlier pass hands the next the canvas `sampler_canvas` builds from it."""
-    model = Model(ModelConfig.from_dict(train.model_config(2, 32, 2)))
-    batch = train.make_batch(np.random.default_rng(6), small_pool(), 4, {"easy": 1.0})
+    model = Model(ModelConfig.from_dict(model_config(2, 32, 2)))
+    batch = make_batch(np.random.default_rng(6), small_pool(), 4, {"easy": 1.0})
     prompts, canvases, targets, mask = batch
     temps = mx.array([0.5, 0.7, 0.9, 1.1])
-    rollout = train.draw_rollout(np.random.default_rng(7), 2, 4)
+    rollout = draw_rollout(np.random.default_rng(7), 2, 4)
     cache = model.make_cache(4)
     model.encode(prompts, cache)
     x, sc = canvases, None
     for i in range(2):
         z = model.decode(x, cache, sc) / temps[:, None, None]
-        x = train.sampler_canvas(z, x, mask > 0, *(a[i] for a in rollout))
+        x = sampler_canvas(z, x, mask > 0, *(a[i] for a in rollout))
         sc = z
     ce = nn.losses.cross_entropy(model.decode(x, cache, sc), targets, reduction="none")
     by_hand = float((ce * mask).sum() / mask.sum())
-    got = float(train.loss_fn(model, *batch, temps, rollout, sc_passes=2))
+    got = float(loss_fn(model, *batch, temps, rollout, sc_passes=2))
     np.testing.assert_allclose(got, by_hand, rtol=1e-5)
-    assert not np.allclose(got, float(train.loss_fn(model, *batch, temps, sc_passes=2)))  # it did rewrite
+    assert not np.allclose(got, float(loss_fn(model, *batch, temps, sc_passes=2)))  # it did rewrite
 
 
 def test_train_command_writes_a_loadable_checkpoint_and_warm_starts_from_it(tmp_path, capsys, monkeypatch):
@@ -187,9 +192,9 @@ def test_model_sizes_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         train.main(["--pool", "p", "--out", "o", "--layers", "0"])
     assert "must be a positive integer, got 0" in capsys.readouterr().err
-    assert train.model_config(layers=6)["text_config"]["num_hidden_layers"] == 6
-    assert train.model_config()["text_config"]["hidden_size"] == 128
-    eight = train.model_config(heads=8)["text_config"]
+    assert model_config(layers=6)["text_config"]["num_hidden_layers"] == 6
+    assert model_config()["text_config"]["hidden_size"] == 128
+    eight = model_config(heads=8)["text_config"]
     assert (eight["num_attention_heads"], eight["num_key_value_heads"], eight["head_dim"]) == (8, 4, 32)
     with pytest.raises(SystemExit):  # KV heads are shared in pairs: an odd count has no geometry
         train.main(["--pool", "p", "--out", "o", "--heads", "3"])
@@ -197,7 +202,7 @@ def test_model_sizes_must_be_positive(capsys):
         capsys.readouterr().err
     )
     with pytest.raises(ValueError, match="even number of heads"):
-        train.model_config(heads=5)
+        model_config(heads=5)
 
 
 @pytest.mark.parametrize("extra", [2, 4])
@@ -207,12 +212,12 @@ def test_a_grown_model_starts_as_exactly_its_checkpoint_and_can_learn(extra):
     dead: their zero gains get a gradient from the training loss. 4 new layers > 3 sliding ones also
     exercises placing two after one layer."""
     original, _ = load(ASSETS)
-    grown, config = train.grow(ASSETS, extra)
+    grown, config = grow(ASSETS, extra)
     types = config["text_config"]["layer_types"]
     assert len(grown.layers) == config["text_config"]["num_hidden_layers"] == 4 + extra
     assert types[-1] == "full_attention" and types.count("full_attention") == 1
 
-    batch = train.make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0, "medium": 1.0})
+    batch = make_batch(np.random.default_rng(3), small_pool(), 4, {"easy": 1.0, "medium": 1.0})
     prompts, canvases = batch[0], batch[1]
     passes = []
     for model in (original, grown):
@@ -223,7 +228,7 @@ def test_a_grown_model_starts_as_exactly_its_checkpoint_and_can_learn(extra):
     for a, b in zip(*passes, strict=True):
         assert mx.array_equal(a, b)
 
-    grad_fn = nn.value_and_grad(grown, partial(train.loss_fn, sc_passes=1))
+    grad_fn = nn.value_and_grad(grown, partial(loss_fn, sc_passes=1))
     _, grads = grad_fn(grown, *batch, mx.full((4,), 0.6))
     silent = [i for i, layer in enumerate(grown.layers) if not mx.any(layer.post_attention_layernorm.weight)]
     assert len(silent) == extra and types[silent[0]] == "sliding_attention"

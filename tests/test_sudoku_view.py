@@ -31,11 +31,11 @@ def test_a_retry_is_announced_and_the_header_counts_attempts():
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100)
     with SudokuLiveView(console, p.puzzle, "Sudoku") as view:
-        view.start_attempt(AttemptEvent(1, 8, 0))
+        view.handle(AttemptEvent(1, 8, 0))
         for k in range(1, 6):
-            view.update(board_pass(k, p.solution))
-        view.start_attempt(AttemptEvent(2, 8, 5))
-        view.update(board_pass(1, p.solution))
+            view.handle(board_pass(k, p.solution))
+        view.handle(AttemptEvent(2, 8, 5))
+        view.handle(board_pass(1, p.solution))
     text = ESCAPES.sub("", out.getvalue())
     assert "attempt 1: no valid solution (5 passes); retrying on a transformed copy" in text
     assert "attempt 2/8  pass 1/48" in text
@@ -46,6 +46,6 @@ def test_a_single_attempt_solve_shows_no_attempt_count():
     p = generate_batch(1, "easy", 1)[0]
     out = io.StringIO()
     with SudokuLiveView(Console(file=out, force_terminal=True, width=100), p.puzzle, "Sudoku") as view:
-        view.start_attempt(AttemptEvent(1, 1, 0))
-        view.update(board_pass(1, p.solution))
+        view.handle(AttemptEvent(1, 1, 0))
+        view.handle(board_pass(1, p.solution))
     assert "attempt" not in ESCAPES.sub("", out.getvalue())

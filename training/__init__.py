@@ -1,0 +1,1 @@
+"""Scripts that made the bundled models; run from the repository root, never installed with the package."""

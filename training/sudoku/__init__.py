@@ -1,0 +1,1 @@
+"""Training the bundled Sudoku DiffusionGemma: `python -m training.sudoku.train` (see TRAINING.md)."""
