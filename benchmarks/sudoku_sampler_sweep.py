@@ -13,26 +13,13 @@ tuned on the puzzles `sudoku_eval.py` reports.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.generation_config import GenerationConfig
+from dgemma_mlx.generation_config import GenerationConfig, parse_overrides
 from dgemma_mlx.loading import load
 from dgemma_mlx.sudoku import ASSETS
 from dgemma_mlx.sudoku.evaluation import EVAL_SEED, evaluate, puzzles
-
-
-def parse_setting(text: str) -> dict[str, float | int | None]:
-    """`key=value,key=value` -> overrides; `none` disables a threshold."""
-    out: dict[str, float | int | None] = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        try:
-            out[key.strip()] = None if value.strip() == "none" else json.loads(value)
-        except json.JSONDecodeError:
-            raise ValueError(f"{key.strip()}={value.strip()}: the value is not a number or none") from None
-    return out
 
 
 def main() -> None:
@@ -48,8 +35,8 @@ def main() -> None:
     configs = []
     for text in args.settings or [""]:  # all checked before any (minutes-long) run starts
         try:
-            configs.append((text, base.replace_explicit(**parse_setting(text))))
-        except (DGemmaError, ValueError) as e:
+            configs.append((text, base.replace_explicit(**parse_overrides(text))))
+        except DGemmaError as e:
             p.error(f"--set {text}: {e}")
     model, _ = load(args.model)
     for difficulty in args.difficulties:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from .convert import convert_command
 from .options import (
     EXIT_USER_ERROR,
     GenerationFlags,
@@ -31,6 +30,7 @@ from .options import (
     view_option,
     with_generation_flags,
 )
+from .sudoku import sudoku_command
 
 app = typer.Typer(
     name="dgemma",
@@ -103,7 +103,7 @@ def generate(
             enable_thinking=think,
             **flags.overrides,
         )
-        result = drive(events, make_view(view.value, stderr, tokenizer))
+        result = drive(events, make_view(view.value, stderr, tokenizer)).result
         print_answer(result, stderr, think=think, as_json=as_json, stats=view != ViewKind.none)
 
 
@@ -193,26 +193,10 @@ def info(
         print(json.dumps(summary) if as_json else format_summary(summary), flush=True)
 
 
-def _register(module: str, attr: str, *names: str, **kwargs: Any) -> None:
-    """Commands owned by other modules; skipped when the module is not part of this install."""
-    try:
-        command = getattr(import_module(module), attr)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):
-            return
-        raise
-    for name in names:
-        app.command(name, **kwargs)(command)
-
-
-_register("dgemma_mlx.cli.convert", "convert_command", "convert")
-_register("dgemma_mlx.cli.sudoku", "sudoku_command", "sudoku")
-_register(
-    "dgemma_mlx.cli.sudoku",
-    "sudoku_command",
-    "demo",
-    help="Same as `sudoku`: the bundled model solving Sudoku live.",
-)
+# The commands that live in their own modules.
+app.command("convert")(convert_command)
+app.command("sudoku")(sudoku_command)
+app.command("demo", help="Same as `sudoku`: the bundled model solving Sudoku live.")(sudoku_command)
 
 
 def main() -> None:

@@ -150,6 +150,23 @@ class ChatRepl:
             self.show_answer(final)
 
     # -- slash commands ------------------------------------------------------------------------------
+    def session_file(self, name: str, args: str) -> None:
+        """/save FILE or /load FILE: an unwritable or unreadable file is an error line, not the end."""
+        if not args:
+            raise DGemmaError(f"{name} needs a file name")
+        path = Path(args).expanduser()
+        try:
+            if name == "/save":
+                self.session.save(path)
+            else:
+                self.session.load(path)
+        except OSError as e:
+            raise DGemmaError(f"{args}: {e.strerror or e}") from None
+        done = f"saved {len(self.session.messages)} messages to" if name == "/save" else (
+            f"loaded {len(self.session.messages)} messages from"
+        )
+        self.note(f"{done} {args}")
+
     def command(self, line: str) -> bool:
         """Run a slash command; returns False when the user asked to quit."""
         name, _, args = line.partition(" ")
@@ -178,22 +195,8 @@ class ChatRepl:
                 raise DGemmaError("/think takes on or off")
             session.enable_thinking = (args or "on") == "on"
             self.note(f"thinking {'on' if session.enable_thinking else 'off'}")
-        elif name == "/save":
-            if not args:
-                raise DGemmaError("/save needs a file name")
-            try:
-                session.save(Path(args).expanduser())
-            except OSError as e:
-                raise DGemmaError(f"{args}: {e.strerror or e}") from None
-            self.note(f"saved {len(session.messages)} messages to {args}")
-        elif name == "/load":
-            if not args:
-                raise DGemmaError("/load needs a file name")
-            try:
-                session.load(Path(args).expanduser())
-            except OSError as e:
-                raise DGemmaError(f"{args}: {e.strerror or e}") from None
-            self.note(f"loaded {len(session.messages)} messages from {args}")
+        elif name in ("/save", "/load"):
+            self.session_file(name, args)
         elif name == "/help":
             for usage, what in COMMANDS.items():
                 say(self.err, f"  {usage:26s} {what}")

@@ -49,10 +49,10 @@ def run(
     # MLX and mlx-lm: paid by a solve, not by `dgemma --help`.
     from dgemma_mlx.loading import load
     from dgemma_mlx.sudoku import plan
-    from dgemma_mlx.sudoku.solver_model import solve_stream
+    from dgemma_mlx.sudoku.solver_model import SudokuResult, solve_stream
 
-    from .sudoku_view import SudokuLiveView, plain_board, watch
-    from .view import NoView
+    from .sudoku_view import SudokuLiveView, plain_board
+    from .view import NoView, drive
 
     jobs = plan(puzzle, difficulty, count, seed)
     model, _ = load(model_path)
@@ -61,7 +61,7 @@ def run(
     for k, job in enumerate(jobs):
         title = f"Sudoku {k + 1}/{len(jobs)}" if len(jobs) > 1 else "Sudoku"
         view = SudokuLiveView(stdout, job.puzzle, title) if live else NoView(stdout)
-        result = watch(solve_stream(model, job.puzzle, seed=job.seed, attempts=attempts), view)
+        result = drive(solve_stream(model, job.puzzle, seed=job.seed, attempts=attempts), view, SudokuResult)
         solved += result.valid
         if as_json:
             print(json.dumps(result.to_dict()), flush=True)

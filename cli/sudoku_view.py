@@ -11,7 +11,6 @@ off a TTY nothing is animated and no ANSI is written.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from types import TracebackType
 
 import numpy as np
@@ -25,7 +24,6 @@ from dgemma_mlx.sudoku import tokens as T
 from dgemma_mlx.sudoku.solver_model import AttemptEvent, SudokuResult
 
 from .style import PINNED, legend, position_style
-from .view import View
 
 REDRAW_INTERVAL = 1 / 15  # seconds; the view must cost a sliver of a pass
 SudokuEvent = AttemptEvent | PassEvent | SudokuResult
@@ -61,19 +59,6 @@ def plain_board(digits) -> str:
         row = "".join(str(int(d)) if d else "." for d in digits[r * 9 : r * 9 + 9])
         rows.append(" ".join([row[0:3], row[3:6], row[6:9]]))
     return "\n".join(rows)
-
-
-def watch(events: Iterable[SudokuEvent], view: View) -> SudokuResult:
-    """Feed every event of one solve to `view`; return the solve's result."""
-    result = None
-    with view:
-        for event in events:
-            view.handle(event)
-            if isinstance(event, SudokuResult):
-                result = event
-    if result is None:
-        raise RuntimeError("a solve ended without a result")
-    return result
 
 
 class SudokuLiveView:

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from rich.cells import cell_len
@@ -34,6 +34,7 @@ from dgemma_mlx.events import CanvasEvent, FinishEvent, GenerationResult, Genera
 from .options import say
 from .style import legend, position_style
 
+Final = TypeVar("Final")
 MIN_INTERVAL = 1 / 20  # seconds: no terminal needs more than ~20 frames a second
 DRAW_BUDGET = 0.02  # the share of wall time drawing may take (docs/MEASUREMENTS.md, "The live view")
 MAX_PIECE_CELLS = 16  # a pathological token (a run of 30 spaces) must not eat the canvas
@@ -48,7 +49,7 @@ class View(Protocol):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def handle(self, event: PassEvent | CanvasEvent | FinishEvent) -> None: ...
+    def handle(self, event: Any) -> None: ...
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:
@@ -265,17 +266,18 @@ def make_view(kind: str, console: Console, tokenizer: Any, title: str = "dgemma"
     return PlainView(console) if kind == "plain" else NoView(console)
 
 
-def drive(events: Iterable[PassEvent | CanvasEvent | FinishEvent], view: View) -> GenerationResult:
-    """Feed every event to `view`; return the final result."""
-    result = None
+def drive(events: Iterable[Any], view: View, last: type[Final] = FinishEvent) -> Final:  # type: ignore[assignment]
+    """Feed every event to `view` (a generation's, or a Sudoku solve's); return the last event of type
+    `last`: the `FinishEvent` that carries a generation's result, or a solve's `SudokuResult`."""
+    final = None
     with view:
         for event in events:
             view.handle(event)
-            if isinstance(event, FinishEvent):
-                result = event.result
-    if result is None:
-        raise RuntimeError("generation ended without a FinishEvent")
-    return result
+            if isinstance(event, last):
+                final = event
+    if final is None:
+        raise RuntimeError(f"the events ended without a {last.__name__}")
+    return final
 
 
 class BatchProgress:

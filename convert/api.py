@@ -45,7 +45,8 @@ def plan_conversion(source: str | Path, options: ConvertOptions | None = None) -
 def dry_run(source: str | Path, output: str | Path, *, force: bool = False, **settings: Any) -> DryRun:
     """Everything a conversion would do and need, without writing anything.
 
-    `settings` are `convert`'s (bits, group_size, mode, dtype, quantize, recipe).
+    `settings` are `convert`'s (`ConvertOptions.resolve`'s: bits, group_size, mode, dtype, quantize,
+    recipe).
     """
     plan = plan_conversion(source, ConvertOptions.resolve(**settings))
     return DryRun(plan, recipe_sizes(plan.source, plan.options), destination_notes(plan, Path(output), force))
@@ -55,23 +56,18 @@ def convert(
     source: str | Path,
     output: str | Path,
     *,
-    bits: int | None = None,
-    group_size: int | None = None,
-    mode: str = "affine",
-    dtype: str = "bfloat16",
-    quantize: bool = True,
-    recipe: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    **settings: Any,
 ) -> ConvertResult:
     """Convert a Hugging Face DiffusionGemma checkpoint to MLX in OUT, in bounded memory.
 
-    `bits`/`group_size` default to 4/64 (fixed by the mxfp4/mxfp8/nvfp4 modes), `recipe` to the
-    default recipe; `quantize=False` keeps every weight in `dtype`. An existing OUT is replaced only
-    with `force`. Raises `DGemmaError` (one line) for anything wrong with the settings, the source or
-    the destination; on any failure, Ctrl-C included, nothing is left under OUT's name.
+    `settings` are `ConvertOptions.resolve`'s, the one place they are defined and checked: `bits` and
+    `group_size` (default 4/64, fixed by the mxfp4/mxfp8/nvfp4 modes), `mode`, `dtype` of what stays
+    unquantized, `quantize=False` to keep every weight in `dtype`, `recipe`. An existing OUT is replaced
+    only with `force`. Raises `DGemmaError` (one line) for anything wrong with the settings, the source
+    or the destination; on any failure, Ctrl-C included, nothing is left under OUT's name.
     """
-    options = ConvertOptions.resolve(bits, group_size, mode, dtype, quantize, recipe)
-    plan = plan_conversion(source, options)
+    plan = plan_conversion(source, ConvertOptions.resolve(**settings))
     with progress(plan) if progress is not None else nullcontext(lambda n: None) as advance:
         return convert_checkpoint(plan, Path(output), force, advance)

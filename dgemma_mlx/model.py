@@ -20,6 +20,10 @@ from mlx_lm.models.rope_utils import initialize_rope
 from .cache import LayerCache, PromptCache, ReadOnlyLayerCache
 from .config import FULL, SLIDING, ModelConfig, TextConfig
 
+# What a layer attends with: the encoder's writable cache or the decoder's read-only view (the mode).
+AttentionCache = LayerCache | ReadOnlyLayerCache
+Mask = mx.array | str | None  # "causal", a boolean array, or None (the decoder: no mask)
+
 
 def _mlx_lm_args(text: TextConfig) -> gemma4_text.ModelArgs:
     """The subset of mlx-lm's Gemma 4 arguments its MLP, Router and Experts constructors read."""
@@ -85,13 +89,7 @@ class Attention(nn.Module):
         values = rms_norm_no_scale(raw_v, self.eps).transpose(0, 2, 1, 3)
         return keys, values
 
-    def __call__(
-        self,
-        x: mx.array,
-        cache: LayerCache | ReadOnlyLayerCache,
-        offset: int,
-        mask: mx.array | str | None,
-    ) -> mx.array:
+    def __call__(self, x: mx.array, cache: AttentionCache, offset: int, mask: Mask) -> mx.array:
         B, S, _ = x.shape
         queries = self.q_proj(x).reshape(B, S, self.n_heads, self.head_dim)
         queries = self.rope(self.q_norm(queries).transpose(0, 2, 1, 3), offset=offset)
@@ -140,12 +138,7 @@ class DecoderLayer(nn.Module):
         self.layer_scalar = mx.ones((1,))
 
     def __call__(
-        self,
-        x: mx.array,
-        cache: LayerCache | ReadOnlyLayerCache,
-        offset: int,
-        mask: mx.array | str | None,
-        scalar: mx.array,
+        self, x: mx.array, cache: AttentionCache, offset: int, mask: Mask, scalar: mx.array
     ) -> mx.array:
         h = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cache, offset, mask))
         dense = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(h)))

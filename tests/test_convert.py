@@ -8,6 +8,7 @@ conversion), not asserted.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -190,6 +191,30 @@ def test_dry_run_reports_the_plan_and_writes_nothing(fp32_sharded, tmp_path):
     assert "Memory" in text and "Disk" in text
     assert list(tmp_path.iterdir()) == []
     print("\n" + text)
+
+
+def test_the_library_converts_without_the_cli(fp32_sharded, tmp_path):
+    """`dgemma_mlx.convert`'s own entry points: the plan a dry run gives, then the conversion it made."""
+    from dgemma_mlx.convert import convert as convert_checkpoint
+    from dgemma_mlx.convert import dry_run
+    from dgemma_mlx.errors import DGemmaError
+
+    out = tmp_path / "lib"
+    planned = dry_run(fp32_sharded, out, bits=8, recipe="uniform")
+    assert planned.plan.options.bits == 8 and set(planned.recipe_sizes) >= {"uniform", "mixed"}
+    assert not out.exists()
+    seen = []
+
+    def progress(plan):
+        seen.append(plan.read_bytes)
+        return contextlib.nullcontext(lambda n: None)
+
+    result = convert_checkpoint(fp32_sharded, out, bits=8, recipe="uniform", progress=progress)
+    assert result.output == out and seen == [planned.plan.read_bytes]
+    assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == 8
+    assert load_model(out)[0] is not None
+    with pytest.raises(DGemmaError, match="--bits 7"):
+        dry_run(fp32_sharded, out, bits=7)
 
 
 def test_force_replaces_and_progress_is_plain_off_a_tty(fp32_sharded, tmp_path):

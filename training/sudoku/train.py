@@ -49,7 +49,7 @@ from dgemma_mlx.sudoku.puzzles import DIFFICULTIES
 
 from .geometry import grow, model_config
 from .kernels import fast_kernels
-from .pool import load_pool, make_batch, make_pool
+from .pool import Pool, load_pool, make_batch, make_pool
 from .recipe import draw_rollout, loss_fn
 
 
@@ -69,7 +69,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the bundled Sudoku DiffusionGemma.")
     p.add_argument("--make-pool", type=Path, help="only write a puzzle pool to this directory")
     p.add_argument("--pool-sizes", type=int, nargs=3, default=[3000, 1200, 1500], metavar=("E", "M", "H"))
@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         help="earlier passes also rewrite the canvas as the sampler does (their samples where surest)",
     )
     p.add_argument("--max-minutes", type=float, default=1e9, help="stop (and save) after this long")
-    args = p.parse_args(argv)
+    return p
 
-    if args.make_pool:
-        make_pool(args.make_pool, dict(zip(DIFFICULTIES, args.pool_sizes, strict=True)))
-        return
+
+def checked_geometry(p: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """The usage checks of a training run; returns a new model's config (None with --init)."""
     if not (args.pool and args.out):
         p.error("--pool and --out are required for training")
     sizes = {"layers": args.layers, "hidden": args.hidden, "experts": args.experts, "heads": args.heads}
@@ -125,26 +125,47 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--grow-layers deepens the --init checkpoint; give --init")
     if not 0 < args.sc_temp[0] <= args.sc_temp[1]:
         p.error("--sc-temp LO HI needs 0 < LO <= HI")
+    return new_config
 
+
+def build_model(
+    p: argparse.ArgumentParser, args: argparse.Namespace, new_config: dict | None
+) -> tuple[Model, dict]:
+    """The model to train: grown from --init, warm-started from it, or new (random init from the seed)."""
+    if args.grow_layers:
+        try:
+            return grow(args.init, args.grow_layers)
+        except ValueError as e:
+            p.error(f"--grow-layers: {e}")
+    config = json.loads((args.init / "config.json").read_text()) if args.init else new_config
+    model = Model(ModelConfig.from_dict(config))
+    if args.init:
+        model.load_weights(str(args.init / "model.safetensors"))
+    return model, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.make_pool:
+        make_pool(args.make_pool, dict(zip(DIFFICULTIES, args.pool_sizes, strict=True)))
+        return
+    new_config = checked_geometry(p, args)
     mx.random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     pool = load_pool(args.pool)
-    mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
-    if args.grow_layers:
-        try:
-            model, config = grow(args.init, args.grow_layers)
-        except ValueError as e:
-            p.error(f"--grow-layers: {e}")
-    else:
-        config = json.loads((args.init / "config.json").read_text()) if args.init else new_config
-        model = Model(ModelConfig.from_dict(config))
-        if args.init:
-            model.load_weights(str(args.init / "model.safetensors"))
+    model, config = build_model(p, args, new_config)
     n_params = sum(v.size for _, v in tree_flatten(model.parameters()))
     pool_sizes = ", ".join(f"{len(v)} {d}" for d, v in pool.items())
     used = {k: v for k, v in vars(args).items() if k not in ("make_pool", "pool_sizes")}  # pool-making only
     print(f"pool {pool_sizes}; model {n_params / 1e6:.2f}M params; args {used}", flush=True)
     save_checkpoint(model, config, args.out)
+    train(model, config, pool, rng, args)
+
+
+def train(model: Model, config: dict, pool: Pool, rng: np.random.Generator, args: argparse.Namespace) -> None:
+    """The loop: AdamW on a warmup + cosine schedule, checkpoints and evaluations along the way."""
+    mix = dict(zip(DIFFICULTIES, args.mix, strict=True))
 
     def schedule(step):
         warm = mx.minimum(1.0, (step + 1) / args.warmup)
