@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from mlx.utils import tree_flatten
 from .config import ModelConfig
 from .errors import DGemmaError
 from .jsonfile import read_json_object
+from .layout import is_ignored, public_name, to_tree
 from .model import Model
 from .quantization import apply_quantization_map
 
@@ -95,7 +97,11 @@ def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
 
 
 def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
-    """Lazily map every tensor; remember which file each came from for error messages."""
+    """Lazily map every tensor the text model reads; remember which file each came from.
+
+    `mx.load` only maps tensors; vision-tower tensors (and rotary tables) are dropped here, before
+    anything could evaluate them, so they are never read into memory nor reported as unexpected.
+    """
     weights: dict[str, mx.array] = {}
     origin: dict[str, Path] = {}
     for path, expected_keys in weight_files(model_dir).items():
@@ -103,62 +109,80 @@ def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]
         for key in expected_keys or ():
             if key not in header:
                 raise DGemmaError(f"{path}: missing tensor {key} (listed in {INDEX_FILE})")
+        if all(is_ignored(key) for key in header):
+            continue  # a vision-only shard is not even opened by MLX
         try:
             loaded = mx.load(str(path))
         except Exception as e:
             raise DGemmaError(f"{path}: cannot be read ({e})") from None
         for key, value in loaded.items():
-            weights[key] = value
-            origin[key] = path
+            if not is_ignored(key):
+                weights[key] = value
+                origin[key] = path
+        del loaded
     return weights, origin
 
 
-def _origin_of(key: str, origin: dict[str, Path]) -> str:
-    for suffix, raw in (
-        (".switch_glu.gate_proj.weight", ".gate_up_proj"),
-        (".switch_glu.up_proj.weight", ".gate_up_proj"),
-        (".switch_glu.down_proj.weight", ".down_proj"),
-    ):
-        if key.endswith(suffix):
-            alt = key.removesuffix(suffix) + raw
-            if alt in origin:
-                return str(origin[alt])
-    path = origin.get(key)
-    return str(path) if path else "checkpoint"
+def _tree_weights(model_dir: Path) -> tuple[dict[str, mx.array], Callable[[str], str], dict[str, str]]:
+    """The checkpoint under this tree's names, a namer "file: checkpoint key" for errors, and the
+    checkpoint key of each tree tensor. The raw mapping is dropped here, so a fused tensor is only
+    referenced through its halves and is never held twice."""
+    raw, origin = read_weights(model_dir)
+    try:
+        weights, source = to_tree(raw)
+    except DGemmaError as e:
+        key = str(e).split(" ", 1)[0]
+        raise DGemmaError(f"{origin.get(key, model_dir)}: {e}") from None
+
+    def name(tree_key: str) -> str:
+        key = source.get(tree_key, public_name(tree_key))
+        return f"{origin.get(key, model_dir)}: {key}"
+
+    return weights, name, source
+
+
+def _check_shapes(weights: dict[str, mx.array], expected: dict[str, mx.array], name, source) -> None:
+    """Every tensor known and shaped as the model expects; a split fused tensor is reported whole."""
+    for key, value in weights.items():
+        if key not in expected:
+            raise DGemmaError(f"{name(key)}: unexpected tensor")
+        want = tuple(expected[key].shape)
+        if tuple(value.shape) != want:
+            got = tuple(value.shape)
+            if "gate_up_proj" in source.get(key, ""):  # the halves of a fused tensor
+                got = (*got[:-2], 2 * got[-2], got[-1])
+                want = (*want[:-2], 2 * want[-2], want[-1])
+            raise DGemmaError(f"{name(key)} has shape {got}, model expects {want}")
 
 
 def load_model(
     path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False
 ) -> tuple[Model, Path]:
-    """Build the model from a directory's config and weights; returns it with the resolved directory."""
+    """Build the model from a directory's config and weights; returns it with the resolved directory.
+
+    Quantized modules are built exactly as the files are quantized (`apply_quantization_map`), so
+    weights are loaded as stored: never re-quantized, never copied.
+    """
     model_dir = resolve_model_path(path_or_repo)
     config = ModelConfig.from_file(model_dir / "config.json")
-    raw, origin = read_weights(model_dir)
+    weights, name, source = _tree_weights(model_dir)
     model = Model(config)
-    weights = model.sanitize(raw)
-    if config.quantization:
-        apply_quantization_map(model, config.quantization, set(weights))
+    block = config.quantization or config.raw.get("quantization_config")
+    apply_quantization_map(model, block, weights, name)
+    quantized = any(k.endswith(".scales") for k in weights)
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise DGemmaError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     target = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if target is None and not config.quantization and mx.default_device() == mx.cpu:
+    if target is None and not quantized and mx.default_device() == mx.cpu:
         # MLX's CPU backend gathers MoE experts in float32 only; quantized experts are fine.
         target = mx.float32
 
     expected = dict(tree_flatten(model.parameters()))
-    for key, value in weights.items():
-        if key not in expected:
-            raise DGemmaError(f"{_origin_of(key, origin)}: unexpected tensor {key}")
-        want = expected[key].shape
-        if tuple(value.shape) != tuple(want):
-            raise DGemmaError(
-                f"{_origin_of(key, origin)}: {key} has shape {tuple(value.shape)}, "
-                f"model expects {tuple(want)}"
-            )
+    _check_shapes(weights, expected, name, source)
     missing = sorted(set(expected) - set(weights))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DGemmaError(f"{model_dir}: checkpoint is missing tensor {missing[0]}{more}")
+        raise DGemmaError(f"{model_dir}: checkpoint is missing tensor {public_name(missing[0])}{more}")
 
     if target is not None:
         # Quantized weights are packed integers: only floats (scales and biases included) change dtype.
@@ -166,6 +190,7 @@ def load_model(
             k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()
         }
     model.load_weights(list(weights.items()), strict=True)
+    del weights
     if not lazy:
         mx.eval(model.parameters())
     model.eval()

@@ -9,8 +9,6 @@ where the maths is identical: dense MLP, expert SwitchGLU, proportional RoPE, so
 
 from __future__ import annotations
 
-import re
-
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import gemma4_text
@@ -19,6 +17,7 @@ from mlx_lm.models.rope_utils import initialize_rope
 
 from .cache import LayerCache, PromptCache, ReadOnlyLayerCache
 from .config import FULL, SLIDING, ModelConfig, TextConfig
+from .layout import to_tree
 
 # What a layer attends with: the encoder's writable cache or the decoder's read-only view (the mode).
 AttentionCache = LayerCache | ReadOnlyLayerCache
@@ -334,30 +333,6 @@ class Model(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------------
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """HF checkpoint names -> this module tree (docs/ARCHITECTURE.md, "Weights"); MLX-converted names
-        pass through."""
-        out: dict[str, mx.array] = {}
-        encoder_text = "model.encoder.language_model."
-        for key, value in weights.items():
-            if any(s in key for s in ("vision_tower", "embed_vision", "rotary_emb")) or key.startswith(
-                "lm_head"
-            ):
-                continue
-            if key.startswith(encoder_text):
-                if re.fullmatch(r"model\.encoder\.language_model\.layers\.\d+\.layer_scalar", key):
-                    out[key] = value
-                    continue
-                twin = "model.decoder." + key[len(encoder_text) :]
-                if twin in weights:
-                    continue  # tied: stored once under the decoder
-                key = twin
-            if key.endswith(".experts.gate_up_proj"):
-                base = key.removesuffix(".gate_up_proj")
-                gate, up = mx.split(value, 2, axis=-2)
-                out[f"{base}.switch_glu.gate_proj.weight"] = mx.contiguous(gate)
-                out[f"{base}.switch_glu.up_proj.weight"] = mx.contiguous(up)
-            elif key.endswith(".experts.down_proj"):
-                out[key.removesuffix(".down_proj") + ".switch_glu.down_proj.weight"] = value
-            else:
-                out[key] = value
-        return out
+        """Checkpoint names (public/HF layout, or our older MLX names) -> this module tree
+        (docs/ARCHITECTURE.md, "Weights"; the mapping itself is `layout.to_tree`)."""
+        return to_tree(weights)[0]

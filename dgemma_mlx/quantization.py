@@ -9,12 +9,14 @@ The choices themselves (modes, bits, recipes) are plain data in `quant_choices.p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import mlx.core as mx
 import mlx.nn as nn
 
 from .errors import DGemmaError
+from .layout import tree_block
 from .quant_choices import MODE_FIXED, MODES, RECIPES
 
 
@@ -81,16 +83,79 @@ def quantize_model(
     return block
 
 
-def apply_quantization_map(model: nn.Module, block: dict[str, Any], stored: set[str]) -> None:
-    """Swap in quantized modules where the checkpoint holds quantized weights, before loading them."""
+def stored_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """Quantization parameters from a config entry; what it lacks comes from its mode's defaults.
+
+    mlx-lm and mlx-vlm pass per-module entries to `to_quantized` as they stand, so an entry without
+    `mode` is affine even in an mxfp4/nvfp4 conversion, and so it is here.
+    """
+    mode = entry.get("mode", "affine")
+    if mode not in MODES:
+        raise DGemmaError(f"unknown quantization mode {mode!r} in config.json")
+    group_size, bits = MODE_FIXED.get(mode, (64, 4))
+    return {"group_size": entry.get("group_size", group_size), "bits": entry.get("bits", bits), "mode": mode}
+
+
+def check_packed_shapes(
+    path: str, in_dim: int, params: dict[str, Any], stored: Mapping[str, mx.array], name: Callable[[str], str]
+) -> None:
+    """The bits, group size and mode the stored tensors imply must be those the config says.
+
+    Packed weights are uint32 words holding `32 / bits` values along the input axis; scales hold one
+    value per group; only affine stores biases. `name` turns a tensor of this tree into the
+    "file: checkpoint key" that the one-line error shows.
+    """
+    weight, scales = stored[f"{path}.weight"], stored[f"{path}.scales"]
+    bits, group_size, mode = params["bits"], params["group_size"], params["mode"]
+    said = f"config.json says {bits}-bit {mode} group size {group_size}"
+    if weight.dtype != mx.uint32:
+        raise DGemmaError(f"{name(path + '.weight')} is {weight.dtype}, not packed uint32 ({said})")
+    if weight.shape[-1] * 32 != in_dim * bits:
+        implied = weight.shape[-1] * 32 / in_dim
+        raise DGemmaError(
+            f"{name(path + '.weight')} is {weight.shape[-1]} words wide for input size {in_dim}: "
+            f"{implied:g} bits, but {said}"
+        )
+    if scales.shape[-1] * group_size != in_dim:
+        raise DGemmaError(
+            f"{name(path + '.scales')} is {scales.shape[-1]} wide for input size {in_dim}: group size "
+            f"{in_dim / max(scales.shape[-1], 1):g}, but {said}"
+        )
+    has_biases = f"{path}.biases" in stored
+    if has_biases != (mode == "affine"):
+        what = "stores biases" if has_biases else "has no biases"
+        raise DGemmaError(f"{name(path + ('.biases' if has_biases else '.scales'))}: {what}, but {said}")
+
+
+def apply_quantization_map(
+    model: nn.Module,
+    block: dict[str, Any] | None,
+    stored: Mapping[str, mx.array],
+    name: Callable[[str], str] = str,
+) -> None:
+    """Swap in quantized modules exactly where, and as, the checkpoint's files are quantized.
+
+    A module is quantized by its per-module entry (keyed by our module path or by the public one,
+    `layout.tree_block`), else by the top-level defaults when its `.scales` are stored, else it stays
+    float; what the tensors' shapes imply is checked against that before anything is loaded.
+    """
+    block = tree_block(block or {})
     defaults = {k: block[k] for k in ("group_size", "bits", "mode") if k in block}
-    defaults.setdefault("mode", "affine")
+    decisions: dict[str, dict[str, Any]] = {}
+    for path, module in model.named_modules():
+        if not hasattr(module, "to_quantized") or f"{path}.weight" not in stored:
+            continue
+        entry, quantized = block.get(path, True), f"{path}.scales" in stored
+        if entry is False or (entry is True and not quantized):
+            if quantized:
+                raise DGemmaError(f"{name(path + '.scales')} is stored, but config.json leaves it in float")
+            continue
+        if not quantized:
+            raise DGemmaError(f"{name(path + '.weight')} has no .scales, but config.json quantizes it")
+        if entry is True and not defaults:
+            raise DGemmaError(f"{name(path + '.scales')} is stored, but config.json has no quantization")
+        params = stored_params(defaults) if entry is True else stored_params(entry)
+        check_packed_shapes(path, module.weight.shape[-1], params, stored, name)
+        decisions[path] = params
 
-    def predicate(path: str, module: nn.Module):
-        if path in block:
-            return block[path]
-        if not hasattr(module, "to_quantized") or f"{path}.scales" not in stored:
-            return False
-        return dict(defaults)
-
-    nn.quantize(model, class_predicate=predicate)
+    nn.quantize(model, class_predicate=lambda path, module: dict(decisions.get(path, {})) or False)
