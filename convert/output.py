@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GENERATION_CONFIG_FILE, GenerationConfig
+from dgemma_mlx.jsonfile import read_json_object_or_empty
 from dgemma_mlx.loading import load_model, safetensors_header
 from dgemma_mlx.units import fmt_bytes
 
@@ -144,9 +145,24 @@ def write_metadata(plan: Plan, directory: Path) -> None:
     if "torch_dtype" in config:
         config["torch_dtype"] = plan.options.dtype
     if plan.quantization is not None:
+        # Both names, as mlx-vlm writes them (transformers-style readers look at quantization_config).
         config["quantization"] = plan.quantization
+        config["quantization_config"] = plan.quantization
+    write_chat_template(directory)
     # Written last: until now the directory has no config and cannot be mistaken for a model.
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_chat_template(directory: Path) -> None:
+    """`chat_template.jinja` as its own file, where mlx-vlm and recent transformers look first, when the
+    template only ships inside `tokenizer_config.json`."""
+    target = directory / "chat_template.jinja"
+    config = directory / "tokenizer_config.json"
+    if target.exists() or not config.exists():
+        return
+    template = read_json_object_or_empty(config).get("chat_template")
+    if isinstance(template, str):
+        target.write_text(template)
 
 
 def verify(plan: Plan, directory: Path) -> None:

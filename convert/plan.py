@@ -20,6 +20,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from dgemma_mlx.errors import DGemmaError
+from dgemma_mlx.layout import public_module, public_name
 from dgemma_mlx.model import Model
 from dgemma_mlx.quant_choices import BITS, DEFAULT_RECIPE, GROUP_SIZES, MODE_FIXED, MODES, RECIPES
 from dgemma_mlx.quantization import quant_params, recipe_predicate, weight_class
@@ -253,7 +254,6 @@ def build_plan(source: SourceCheckpoint, options: ConvertOptions) -> Plan:
         names = mapping.get(tensor.key)
         if names is None:
             continue
-        targets = []
         for name, shape in names:
             if name not in expected:
                 raise DGemmaError(f"{tensor.file}: unexpected tensor {tensor.key} (becomes {name})")
@@ -263,8 +263,11 @@ def build_plan(source: SourceCheckpoint, options: ConvertOptions) -> Plan:
                     f"{tensor.file}: {tensor.key} has shape {list(tensor.shape)}, model expects {list(want)}"
                 )
             produced.add(name)
-            targets.append(_target(name, shape, decide(name), options.out_dtype))
-        units.append(Unit(tensor, tuple(targets), _rows_per_chunk(tensor, targets, options.chunk_bytes)))
+        # Written in the public layout: the source tensor as is, under its public name (a fused
+        # gate_up_proj stays fused, and quantizing it equals quantizing its halves).
+        name = public_name(names[0][0])
+        target = _target(name, tuple(tensor.shape), decide(names[0][0]), options.out_dtype)
+        units.append(Unit(tensor, (target,), _rows_per_chunk(tensor, [target], options.chunk_bytes)))
     missing = sorted(set(expected) - produced)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -283,22 +286,23 @@ def recipe_sizes(source: SourceCheckpoint, options: ConvertOptions) -> dict[str,
 
 
 def _quantization(model: Model, modules: dict[str, nn.Module], options: ConvertOptions):
-    """The `quantization` config block (as `quantize_model` records it) and a name -> params lookup.
+    """The `quantization` config block and a tree name -> params lookup.
 
-    The block is exactly what `quantize_model` would record, including `False` for modules left in
-    float, because `apply_quantization_map` rebuilds the module tree from it at load time.
+    The block is what `quantize_model` would record (top-level defaults, an entry per quantizable
+    module, `False` for those left in float), keyed by public module path (`layout.public_module`), so
+    mlx-vlm, mlx-lm and `apply_quantization_map` all rebuild the module tree from it.
     """
     if not options.quantize:
         return None, lambda name: None
     predicate = recipe_predicate(options.recipe, options.bits, options.group_size, options.mode)
+    decisions = {path: predicate(path, m) for path, m in modules.items() if hasattr(m, "to_quantized")}
     block: dict[str, Any] = dict(quant_params(options.bits, options.group_size, options.mode))
-    for path, module in modules.items():
-        if hasattr(module, "to_quantized"):
-            block[path] = predicate(path, module)
+    for path, params in decisions.items():
+        block[public_module(path)] = params
 
     def decide(name: str) -> dict[str, Any] | None:
         path, _, leaf = name.rpartition(".")
-        params = block.get(path) if leaf == "weight" and path in modules else None
+        params = decisions.get(path) if leaf == "weight" else None
         return params or None
 
     return block, decide

@@ -3,9 +3,9 @@
 Memory is bounded by one slice (`ConvertOptions.chunk_bytes` of source data), not by the model, a
 shard or even the largest tensor: the plan fixes every output tensor's byte range in advance, so
 each shard's safetensors header is written first and each slice's results are written straight to
-their final offsets. Slices are taken along axis 0, where both the HF->MLX renaming (including the
-expert gate/up split on axis -2) and quantization (groups run along the last axis) act row by row,
-so a sliced conversion is bit-identical to converting the whole tensor at once.
+their final offsets. Slices are taken along axis 0, where quantization (groups run along the last
+axis) acts row by row, and the public layout keeps every source tensor whole (a fused expert
+`gate_up_proj` stays fused), so a sliced conversion is bit-identical to converting the whole tensor.
 """
 
 from __future__ import annotations
@@ -107,12 +107,11 @@ def as_bytes(a: mx.array) -> memoryview:
 def convert_unit(
     plan: Plan, unit: Unit, start: int, stop: int, reader: SourceReader, writer: ShardWriter
 ) -> None:
-    """One slice: read, rename/split via `Model.sanitize`, cast, quantize, write each result in place."""
+    """One slice: read, cast, quantize, write each result in place (the unit's one public-layout target)."""
     chunk = reader.rows(unit, start, stop)
-    renamed = plan.model.sanitize({unit.source.key: chunk})
     dtype = plan.options.out_dtype
     for target in unit.targets:
-        value = renamed[target.name].astype(dtype)
+        value = chunk.astype(dtype)
         parts = mx.quantize(value, **target.quant) if target.quant else (value,)
         mx.eval(*parts)
         for part, out in zip(parts, target.outputs, strict=True):
@@ -122,7 +121,7 @@ def convert_unit(
                 )
             writer.write(out, as_bytes(part))
         del value, parts
-    del chunk, renamed
+    del chunk
     mx.clear_cache()  # keep MLX's buffer cache from growing across slices
 
 

@@ -130,20 +130,34 @@ def test_quantization_block_follows_the_recipe(tmp_path):
     q = config["quantization"]
     assert (q["bits"], q["group_size"], q["mode"], config["dtype"]) == (4, 64, "affine", "bfloat16")
     layer = "model.decoder.layers.0"
-    assert q[f"{layer}.experts.switch_glu.gate_proj"]["bits"] == 4
+    # The public layout (HF key tree, as mlx-vlm writes it): fused experts, entries by public module path.
+    assert q[f"{layer}.experts.gate_up_proj"]["bits"] == 4 and q[f"{layer}.experts.down_proj"]["bits"] == 4
+    assert not any("switch_glu" in k for k in q) and config["quantization_config"] == q
     assert q[f"{layer}.self_attn.q_proj"]["bits"] == 8
     assert q["model.decoder.embed_tokens"]["bits"] == 8
     assert q[f"{layer}.router.proj"] is False  # the router always stays in float
     weights = mx.load(str(next(out.glob("*.safetensors"))))
     assert weights[f"{layer}.router.scale"].dtype == mx.bfloat16
     assert weights["model.encoder.language_model.layers.0.layer_scalar"].dtype == mx.bfloat16
-    assert not any("vision" in k for k in weights)
+    assert not any("vision" in k or "switch_glu" in k for k in weights)
+    fused = weights[f"{layer}.experts.gate_up_proj.weight"]
+    assert fused.shape[1] == 2 * config["text_config"]["moe_intermediate_size"]  # gate and up rows
+    assert {f"{layer}.experts.gate_up_proj.{p}" for p in ("scales", "biases")} <= weights.keys()
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         assert (out / name).read_bytes() == (source / name).read_bytes()
     assert (out / "model.safetensors.index.json").exists()
     with safe_open(str(next(out.glob("*.safetensors"))), framework="numpy") as f:  # the reference reader
         assert f.metadata() == {"format": "mlx"} and len(list(f.keys())) == len(weights)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "out"]  # no staging directory left
+
+
+def test_a_template_only_in_tokenizer_config_is_also_written_as_chat_template_jinja(tmp_path):
+    source = write_hf_checkpoint(tmp_path / "hf", "bfloat16", side_files=True)
+    (source / "chat_template.jinja").unlink()
+    (source / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ bos_token }}"}))
+    out = convert(source, tmp_path / "out", "--bits", "8")
+    assert (out / "chat_template.jinja").read_text() == "{{ bos_token }}"
+    assert (out / "tokenizer_config.json").read_bytes() == (source / "tokenizer_config.json").read_bytes()
 
 
 @pytest.mark.parametrize(
