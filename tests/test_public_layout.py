@@ -225,3 +225,26 @@ def test_chat_template_jinja_next_to_tokenizer_json(tmp_path, checkpoints):
     assert tokenizer.has_chat_template
     ids = tokenizer.render_chat([{"role": "user", "content": "hello"}])
     assert ids[:2] == [2, 105] and ids.count(106) == 1  # <bos><|turn>user hello<turn|><|turn>model
+
+
+def test_info_reports_storage_per_weight_class_and_the_unloaded_vision_tower(tmp_path, checkpoints):
+    from dgemma_mlx.inspect import format_summary, summarize
+
+    _, weights, block = checkpoints["mxfp4"]
+    summary = summarize(write_public(tmp_path / "q", weights, block))
+    assert summary["quantization_by_class"] == {
+        "experts": "4-bit mxfp4 g32",
+        "attention": "8-bit affine g32",
+        "dense_mlp": "8-bit affine g32",
+        "self_conditioning": "8-bit affine g32",
+        "embedding": "8-bit affine g32",
+        "router": "8-bit affine g32",
+    }
+    assert summary["vision_tower"]["tensors"] == 3  # two in the main shard, one in the vision-only shard
+    text = format_summary(summary)
+    assert "experts 4-bit mxfp4 g32" in text and "present (3 tensors" in text and "not loaded" in text
+
+    _, weights, _ = checkpoints["float"]
+    float_summary = summarize(write_public(tmp_path / "f", weights, None))
+    assert float_summary["quantization"] is None
+    assert set(float_summary["quantization_by_class"].values()) == {"float"}
