@@ -16,10 +16,12 @@ from pathlib import Path
 import typer
 
 from .convert import convert_command
+from .models import models_command
 from .options import (
     EXIT_USER_ERROR,
     GenerationFlags,
     ViewKind,
+    force_option,
     model_option,
     read_prompt,
     resolve_model,
@@ -80,6 +82,7 @@ def generate(
     think: bool = typer.Option(False, "--think", help="Thinking mode; the thoughts go to stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     view: ViewKind = view_option(),
+    force: bool = force_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -92,7 +95,7 @@ def generate(
 
         from .view import drive, make_view, print_answer
 
-        model_obj, tokenizer = load(resolve_model(model))
+        model_obj, tokenizer = load(resolve_model(model), force=force)
         events = stream_generate(
             model_obj,
             tokenizer,
@@ -115,6 +118,7 @@ def chat(
     think: bool = typer.Option(False, "--think", help="Thinking mode, via the chat template's own switch."),
     load_file: Path | None = typer.Option(None, "--load", help="Continue a conversation saved with /save."),
     view: ViewKind = view_option(),
+    force: bool = force_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -125,7 +129,7 @@ def chat(
 
         from .chat import ChatRepl
 
-        model_obj, tokenizer = load(resolve_model(model))
+        model_obj, tokenizer = load(resolve_model(model), force=force)
         session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=flags.seed)
         if load_file is not None:
             session.load(load_file)
@@ -151,6 +155,7 @@ def batch(
     ),
     system: str | None = typer.Option(None, "--system", help="System prompt for lines without their own."),
     chat_template: bool = typer.Option(True, "--chat-template/--raw", help="Use the model's chat template."),
+    force: bool = force_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -165,7 +170,7 @@ def batch(
         from .view import BatchProgress
 
         job = BatchRun(input_name, output, input_format.value, resume, errors)
-        model_obj, tokenizer = load(resolve_model(model))
+        model_obj, tokenizer = load(resolve_model(model), force=force)
         for bad in job.prepare(model_obj, tokenizer, flags.overrides, chat_template, system):
             say(stderr, f"skipped {bad}", style="yellow")
         with BatchProgress(stderr, len(job.jobs)) as progress:
@@ -195,6 +200,7 @@ def info(
 
 # The commands that live in their own modules.
 app.command("convert")(convert_command)
+app.command("models")(models_command)
 app.command("sudoku")(sudoku_command)
 app.command("demo", help="Same as `sudoku`: the bundled model solving Sudoku live.")(sudoku_command)
 

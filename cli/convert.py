@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dgemma_mlx.quant_choices import BITS, DEFAULT_RECIPE, GROUP_SIZES, MODES, RECIPES
+from dgemma_mlx.quant_choices import BITS, DEFAULT_RECIPE, GROUP_SIZES, MODE_FIXED, MODES, RECIPES
 from dgemma_mlx.units import fmt_bytes
 
 from .options import say, stderr, stdout, user_errors
@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
 def convert_command(
     source: str = typer.Argument(..., help="Local Hugging Face checkpoint directory, or a hub repo id."),
-    output: Path = typer.Option(..., "-o", "--output", help="Directory to create for the MLX model."),
+    output: Path | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Directory to create for the MLX model \\[default: $DGEMMA_HOME/SOURCE_NAME-RECIPE-BITS].",
+        show_default=False,
+    ),
     bits: int = typer.Option(
         None, "--bits", help=f"Bits per quantized weight: {', '.join(map(str, BITS))} (default 4)."
     ),
@@ -64,11 +70,39 @@ def convert_command(
         "recipe": recipe,
     }
     with user_errors(interrupted="interrupted: no output written"):
+        if output is None:
+            output = default_output(source, bits, mode, dtype, no_quantize, recipe)
+            if not dry_run:
+                output.parent.mkdir(parents=True, exist_ok=True)  # the models folder, on first use
+            say(stderr, f"output: {output} (no -o given: the models folder, listed by `dgemma models`)")
         if dry_run:
             report(api.dry_run(source, output, force=force, **settings), stdout)
             return
         result = api.convert(source, output, force=force, progress=_progress, **settings)
         say(stdout, f"wrote {result.output} ({fmt_bytes(result.bytes_written)} in {result.seconds:.1f} s)")
+
+
+def default_output(
+    source: str, bits: int | None, mode: str, dtype: str, no_quantize: bool, recipe: str
+) -> Path:
+    """`$DGEMMA_HOME/<source name>-<recipe>-<bits or mode>` (or `-<dtype>` unquantized).
+
+    The source name is a hub id's repo name, or a local directory's name; a Hugging Face cache
+    snapshot (`models--org--name/snapshots/<hash>`) is named after its repo, not its hash.
+    """
+    from dgemma_mlx.catalog import models_home
+
+    path = Path(source).expanduser()
+    name = path.resolve().name if path.exists() else source.rstrip("/").rsplit("/", 1)[-1]
+    if path.exists() and path.resolve().parent.name == "snapshots":
+        name = path.resolve().parent.parent.name.rsplit("--", 1)[-1]
+    if no_quantize:
+        suffix = dtype
+    elif mode in MODE_FIXED:
+        suffix = f"{recipe}-{mode}"
+    else:
+        suffix = f"{recipe}-{bits or 4}bit"
+    return models_home() / f"{name}-{suffix}"
 
 
 def _progress(plan: Plan) -> AbstractContextManager:

@@ -27,7 +27,8 @@ from dgemma_mlx.errors import DGemmaError
 
 MODEL_ENV = "DGEMMA_MODEL"
 HOW_TO_GET_A_MODEL = (
-    "convert one with `dgemma convert SOURCE -o DIR`, or watch the bundled demo model with `dgemma sudoku`"
+    "see `dgemma models`, convert one with `dgemma convert SOURCE`, "
+    "or watch the bundled demo model with `dgemma sudoku`"
 )
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -53,8 +54,15 @@ def model_option() -> Any:
         None,
         "--model",
         "-m",
-        help=f"Model directory or Hugging Face repo [default: ${MODEL_ENV}].",
+        help=f"Model directory, name in `dgemma models`, or Hugging Face repo [default: ${MODEL_ENV}].",
         show_default=False,
+    )
+
+
+def force_option() -> Any:
+    """--force for commands that load a model: skip the memory guard (dgemma_mlx/memory.py)."""
+    return typer.Option(
+        False, "--force", help="Load the model even when it looks too big for this machine's memory."
     )
 
 
@@ -127,13 +135,18 @@ def with_generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_model(model: str | None) -> str:
-    """--model, else $DGEMMA_MODEL; a missing choice is a user error that says how to get a model."""
+    """--model, else $DGEMMA_MODEL; a missing choice is a user error that says how to get a model.
+
+    A path that does not exist is reported here as missing unless it is a name in the models folder or
+    reads as a hub id (`hub.looks_like_repo`: a typo under an existing local folder does not).
+    """
     chosen = model or os.environ.get(MODEL_ENV)
     if not chosen:
         raise DGemmaError(f"no model given: pass --model DIR or set {MODEL_ENV} ({HOW_TO_GET_A_MODEL})")
+    from dgemma_mlx.hub import home_model, looks_like_repo
+
     path = Path(chosen).expanduser()
-    looks_like_repo = chosen.count("/") == 1 and not chosen.startswith((".", "/", "~"))
-    if not path.exists() and not looks_like_repo:
+    if not path.exists() and home_model(chosen) is None and not looks_like_repo(chosen):
         raise DGemmaError(f"{chosen}: no such model directory ({HOW_TO_GET_A_MODEL})")
     return chosen
 

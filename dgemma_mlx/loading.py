@@ -16,6 +16,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from . import hub, memory
 from .config import ModelConfig
 from .errors import DGemmaError
 from .jsonfile import read_json_object
@@ -24,34 +25,12 @@ from .model import Model
 from .quantization import apply_quantization_map
 
 INDEX_FILE = "model.safetensors.index.json"
-DOWNLOAD_PATTERNS = [
-    "*.safetensors",
-    "*.json",
-    "*.jinja",
-    "tokenizer.model",
-]
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
 def resolve_model_path(path_or_repo: str | Path) -> Path:
-    """A local directory as is; anything shaped like `owner/name` fetched (needed files only) from the hub."""
-    path = Path(path_or_repo).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise DGemmaError(f"{path}: not a model directory")
-        return path
-    text = str(path_or_repo)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise DGemmaError(f"{text}: no such model directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(text, allow_patterns=DOWNLOAD_PATTERNS))
-    except Exception as e:  # network, auth, missing repo: all end the same way for the user
-        raise DGemmaError(
-            f"could not fetch {text!r} from the Hugging Face Hub ({type(e).__name__}); "
-            "download it elsewhere and pass the local directory instead"
-        ) from None
+    """A local directory, a name in the models folder, or a hub id from the HF cache or Hub (see hub.py)."""
+    return hub.resolve_model_path(path_or_repo)
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -197,11 +176,18 @@ def load_model(
     return model, model_dir
 
 
-def load(path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False):
-    """Load a DiffusionGemma checkpoint: returns (model, tokenizer); tokenizer is None if none ships."""
+def load(
+    path_or_repo: str | Path, dtype: str | mx.Dtype | None = None, lazy: bool = False, force: bool = False
+):
+    """Load a DiffusionGemma checkpoint: returns (model, tokenizer); tokenizer is None if none ships.
+
+    Refuses (one line) a model the machine cannot hold before reading its weights, unless `force`.
+    """
     from .tokenizer import has_tokenizer, load_tokenizer
 
-    model, model_dir = load_model(path_or_repo, dtype=dtype, lazy=lazy)
+    model_dir = resolve_model_path(path_or_repo)
+    memory.check_fits(model_dir, force=force)
+    model, model_dir = load_model(model_dir, dtype=dtype, lazy=lazy)
     tokenizer = load_tokenizer(model_dir) if has_tokenizer(model_dir) else None
     model.model_dir = model_dir
     return model, tokenizer
