@@ -1,16 +1,18 @@
 """The load-time memory guard: refuse, in one line, a model this machine cannot hold, before a byte of
 weights is read, instead of letting the OS swap a laptop into the ground.
 
-Need: the weights' size on disk (they are mapped as stored) plus the working set of one denoising pass
-at a 4k-token context (`config.estimate_runtime_bytes`), the figure `dgemma info` and `dgemma models`
-also show. Have: on Metal, the GPU's recommended working set (past it, Metal pages); elsewhere, the
-RAM the kernel says is available. When neither is known the guard stays out of the way. The refusal
-names a smaller conversion that would fit, or `--force`.
+Need: the bytes of the tensors loading maps (as stored; a vision tower is never read) plus the
+working set of one denoising pass at a 4k-token context (`config.estimate_runtime_bytes`), the figure
+`dgemma models` shows. Have: on Metal, the GPU's recommended working set (past it, Metal pages);
+elsewhere, the RAM the kernel says is available. When neither is known the guard stays out of the way.
+The refusal names a smaller conversion that would fit, or `--force`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 from .config import ModelConfig, TextConfig, estimate_runtime_bytes, estimate_weight_bytes
@@ -32,14 +34,48 @@ def weight_bytes_on_disk(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors") if f.is_file())
 
 
+def loaded_weight_bytes(model_dir: Path) -> int:
+    """Bytes of the tensors loading maps, from the safetensors headers alone.
+
+    What the text model never reads (vision tower, rotary tables: `layout.is_ignored`) is left out, so a
+    public checkpoint that ships a vision tower is not charged for it. A shard whose header cannot be
+    read counts whole; loading reports it.
+    """
+    from .layout import is_ignored
+
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        header = _safetensors_header(f)
+        if header is None:
+            total += f.stat().st_size
+            continue
+        for key, entry in header.items():
+            if key != "__metadata__" and not is_ignored(key):
+                start, end = entry["data_offsets"]
+                total += int(end) - int(start)
+    return total
+
+
+def _safetensors_header(path: Path) -> dict | None:
+    try:
+        with path.open("rb") as f:
+            length = struct.unpack("<Q", f.read(8))[0]
+            if length > path.stat().st_size:
+                return None
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def working_bytes(config: ModelConfig) -> int:
     """Memory beyond the weights: one denoising pass at CONTEXT_FOR_ESTIMATE cached tokens."""
     return estimate_runtime_bytes(config.text, config.canvas_length, context=CONTEXT_FOR_ESTIMATE)
 
 
 def estimate_memory_bytes(model_dir: Path, config: ModelConfig) -> int:
-    """Weights as stored plus the working set: what loading and one generation will ask for."""
-    return weight_bytes_on_disk(model_dir) + working_bytes(config)
+    """The weights loading maps plus the working set: what loading and one generation will ask for."""
+    return loaded_weight_bytes(model_dir) + working_bytes(config)
 
 
 def available_memory_bytes() -> int | None:
@@ -93,7 +129,7 @@ def check_fits(model_dir: Path, config: ModelConfig | None = None, force: bool =
     if have is None:
         return
     config = config or ModelConfig.from_file(Path(model_dir) / "config.json")
-    weights, extra = weight_bytes_on_disk(model_dir), working_bytes(config)
+    weights, extra = loaded_weight_bytes(model_dir), working_bytes(config)
     need = weights + extra
     if need <= have:
         return

@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 from test_convert import write_hf_checkpoint
 from tiny_models import word_chat_model
@@ -25,7 +26,7 @@ from dgemma_mlx.catalog import describe_quantization, list_models
 from dgemma_mlx.cli.app import app
 from dgemma_mlx.config import ModelConfig, estimate_weight_bytes
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.hub import looks_like_repo, resolve_model_path
+from dgemma_mlx.hub import DOWNLOAD_PATTERNS, looks_like_repo, resolve_model_path
 from dgemma_mlx.loading import load
 
 REPO = "mlx-community/diffusiongemma-tiny-4bit"
@@ -122,6 +123,32 @@ def test_not_cached_and_the_network_failing_is_one_line(no_network, monkeypatch)
     assert str(no_network) in message  # where it looked first
 
 
+def test_online_it_asks_the_cache_first_then_downloads_only_what_it_needs_without_a_bar_off_a_tty(
+    no_network, model_dir, monkeypatch
+):
+    """The download call itself, with huggingface_hub's snapshot_download replaced by a recorder."""
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append({**kwargs, "bars_disabled": are_progress_bars_disabled()})
+        if kwargs.get("local_files_only"):
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(fake_hf_cache(kwargs["cache_dir"], repo_id, model_dir))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert not are_progress_bars_disabled()
+    found = resolve_model_path(REPO)
+    assert found == no_network / ("models--" + REPO.replace("/", "--")) / "snapshots" / REVISION
+    assert [c.get("local_files_only", False) for c in calls] == [True, False]
+    assert all(c["allow_patterns"] == DOWNLOAD_PATTERNS and c["cache_dir"] == no_network for c in calls)
+    assert calls[1]["bars_disabled"]  # the test runner's stderr is not a terminal
+    assert not are_progress_bars_disabled()  # and the setting is given back
+
+
 def test_a_partial_snapshot_is_not_taken_for_a_model(no_network, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -187,11 +214,12 @@ def test_models_lists_the_cache_and_dgemma_home(no_network, tmp_path, model_dir)
         ("mixed-one", "dgemma-home", "4-bit affine, mixed"),
         (REPO, "hf-cache", "float"),
     ]
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    on_disk = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    tensors = sum(v.nbytes for f in model_dir.glob("*.safetensors") for v in mx.load(str(f)).values())
     config = ModelConfig.from_file(model_dir / "config.json")
     for row in rows:
-        assert row["size_on_disk_bytes"] == weights
-        assert row["estimated_memory_bytes"] == weights + memory.working_bytes(config)
+        assert row["size_on_disk_bytes"] == on_disk
+        assert row["estimated_memory_bytes"] == tensors + memory.working_bytes(config)
     assert rows[2]["path"] == str(snapshot)
 
     table = CliRunner().invoke(app, ["models"])
@@ -247,6 +275,17 @@ def test_convert_dry_run_without_output_creates_nothing(no_network, tmp_path):
 # --- the memory guard -------------------------------------------------------------------------------
 
 
+def test_a_vision_tower_on_disk_is_not_counted_as_memory(model_dir, tmp_path):
+    """Public checkpoints ship the vision tower; loading never reads it, so neither does the estimate."""
+    with_vision = shutil.copytree(model_dir, tmp_path / "with-vision")
+    config = ModelConfig.from_file(model_dir / "config.json")
+    before = memory.estimate_memory_bytes(with_vision, config)
+    tower = {"model.vision_tower.encoder.w": mx.zeros((512, 512)), "model.embed_vision.w": mx.zeros((64,))}
+    mx.save_safetensors(str(with_vision / "vision.safetensors"), tower)
+    assert memory.weight_bytes_on_disk(with_vision) > memory.weight_bytes_on_disk(model_dir) + 512 * 512 * 4
+    assert memory.estimate_memory_bytes(with_vision, config) == before
+
+
 def test_available_memory_is_known_here():
     have = memory.available_memory_bytes()
     assert have is not None and have > 0
@@ -275,7 +314,7 @@ def test_the_guard_names_a_smaller_conversion_that_fits(model_dir, monkeypatch):
     config = ModelConfig.from_file(model_dir / "config.json")
     extra = memory.working_bytes(config)
     mixed = estimate_weight_bytes(config.text, 4, 8)
-    assert mixed < memory.weight_bytes_on_disk(model_dir)  # the float32 test model is bigger than 4-bit mixed
+    assert mixed < memory.loaded_weight_bytes(model_dir)  # the float32 test model is bigger than 4-bit mixed
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: mixed + extra + 1)
     with pytest.raises(DGemmaError, match=r"`dgemma convert SOURCE --recipe mixed --bits 4`"):
         memory.check_fits(model_dir)
