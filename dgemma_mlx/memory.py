@@ -112,12 +112,14 @@ def _metal_working_set() -> int | None:
         return None
 
 
-def smaller_conversion(text: TextConfig, extra: int, current_weights: int, have: int) -> str | None:
+def smaller_conversion(
+    text: TextConfig, extra: int, current_weights: int, have: int, source: str = "SOURCE"
+) -> str | None:
     """The first of SMALLER_CONVERSIONS that is smaller than what is loaded now and fits in `have`."""
     for flags, bits, other in SMALLER_CONVERSIONS:
         weights = estimate_weight_bytes(text, bits, other)
         if weights < current_weights and weights + extra <= have:
-            return f"`dgemma convert SOURCE {flags}` (~{fmt_bytes(weights + extra)})"
+            return f"`dgemma convert {source} {flags}` (~{fmt_bytes(weights + extra)})"
     return None
 
 
@@ -133,7 +135,9 @@ def check_fits(model_dir: Path, config: ModelConfig | None = None, force: bool =
     need = weights + extra
     if need <= have:
         return
-    suggestion = smaller_conversion(config.text, extra, weights, have)
+    # A float checkpoint is itself the source to convert; a quantized one came from elsewhere.
+    source = "SOURCE" if config.quantization else str(model_dir)
+    suggestion = smaller_conversion(config.text, extra, weights, have, source)
     fix = f"convert a smaller copy with {suggestion}" if suggestion else "no smaller conversion fits either"
     raise DGemmaError(
         f"{model_dir}: needs ~{fmt_bytes(need)} (weights {fmt_bytes(weights)} + working memory "

@@ -310,14 +310,18 @@ def test_the_guard_refuses_with_one_line_and_force_loads(model_dir, monkeypatch)
         assert "--force" in runner.invoke(app, [*command, "--help"]).stdout
 
 
-def test_the_guard_names_a_smaller_conversion_that_fits(model_dir, monkeypatch):
+def test_the_guard_names_a_smaller_conversion_that_fits(model_dir, monkeypatch, tmp_path):
     config = ModelConfig.from_file(model_dir / "config.json")
     extra = memory.working_bytes(config)
     mixed = estimate_weight_bytes(config.text, 4, 8)
     assert mixed < memory.loaded_weight_bytes(model_dir)  # the float32 test model is bigger than 4-bit mixed
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: mixed + extra + 1)
-    with pytest.raises(DGemmaError, match=r"`dgemma convert SOURCE --recipe mixed --bits 4`"):
+    with pytest.raises(DGemmaError) as e:
         memory.check_fits(model_dir)
+    assert f"`dgemma convert {model_dir} --recipe mixed --bits 4`" in one_line(str(e.value))
+    quantized = quantized_copy(model_dir, tmp_path / "q", {"bits": 8, "group_size": 64})
+    with pytest.raises(DGemmaError, match=r"`dgemma convert SOURCE --recipe mixed --bits 4`"):
+        memory.check_fits(quantized)  # a quantized model is not itself a source to convert
     uniform3 = estimate_weight_bytes(config.text, 3, 3)
     monkeypatch.setattr(memory, "available_memory_bytes", lambda: uniform3 + extra + 1)
     with pytest.raises(DGemmaError, match=r"--recipe uniform --bits 3"):
