@@ -141,6 +141,9 @@ def write_metadata(plan: Plan, directory: Path) -> None:
     config = {
         k: v for k, v in plan.source.config.raw.items() if k not in ("quantization", "quantization_config")
     }
+    # The text path only: the vision tower is not converted, and a null vision_config tells other MLX
+    # runtimes (mlx-vlm) that there is none to build, rather than missing weights.
+    config["vision_config"] = None
     config["dtype"] = plan.options.dtype
     if "torch_dtype" in config:
         config["torch_dtype"] = plan.options.dtype
