@@ -1,9 +1,11 @@
 """What each source tensor becomes: target names, precision, exact output bytes, shards, memory.
 
 The plan is computed from the source headers and a lazily built model tree (MLX does not allocate
-a module's random init until it is evaluated, so the 26B tree costs nothing). Names come from
-`Model.sanitize` itself and precision from the same recipe predicate `quantize_model` uses, so the
-converted directory round-trips through `load()` by construction. Output sizes are exact: they come
+a module's random init until it is evaluated, so the 26B tree costs nothing). `Model.sanitize` on lazy
+placeholders says which parameter each source tensor feeds (so shapes are checked against the model),
+each is written under its public name (`dgemma_mlx/layout.py`: fused experts stay fused), and precision
+comes from the same recipe predicate `quantize_model` uses, so the converted directory round-trips
+through `load()` by construction. Output sizes are exact: they come
 from the shapes and dtypes of lazy `mx.quantize` results, never from a formula. That lets the writer
 lay out every shard header before reading a byte, and lets `--dry-run` and the disk-space check be
 exact as well.
