@@ -10,16 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, estimate_runtime_bytes, parameter_counts
+from .config import ModelConfig, parameter_counts
 from .generation_config import GenerationConfig
 from .jsonfile import read_json_object_or_empty
 from .layout import is_ignored, is_vision
 from .loading import resolve_model_path, safetensors_header, weight_files
+from .memory import CONTEXT_FOR_ESTIMATE, tensor_bytes, working_bytes
 from .quantization import stored_params, weight_class
 from .tokenizer import has_tokenizer
 from .units import fmt_bytes, fmt_count
-
-CONTEXT_FOR_ESTIMATE = 4096
 
 
 def has_chat_template(model_dir: Path) -> bool:
@@ -72,7 +71,6 @@ def summarize(path_or_repo: str | Path) -> dict[str, Any]:
         headers.update(safetensors_header(f))  # raises on a truncated or corrupt shard
     size = sum(f.stat().st_size for f in files)
     counts = parameter_counts(t)
-    runtime = estimate_runtime_bytes(t, config.canvas_length, context=CONTEXT_FOR_ESTIMATE)
     q = config.quantization or config.raw.get("quantization_config") or None
     return {
         "model_dir": str(model_dir),
@@ -95,7 +93,7 @@ def summarize(path_or_repo: str | Path) -> dict[str, Any]:
         "vision_tower": vision_tensors(headers),
         "weight_files": len(files),
         "size_on_disk_bytes": size,
-        "estimated_memory_bytes": size + runtime,
+        "estimated_memory_bytes": tensor_bytes(headers) + working_bytes(config),
         "tokenizer": has_tokenizer(model_dir),
         "chat_template": has_chat_template(model_dir),
         "generation": GenerationConfig.from_model_dir(model_dir).to_dict(),

@@ -47,9 +47,14 @@ def safetensors_header(path: Path) -> dict[str, Any]:
             header = json.loads(f.read(header_len))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DGemmaError(f"{path}: unreadable safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise DGemmaError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     data_len = size - 8 - header_len
-    need = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    try:
+        need = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise DGemmaError(f"{path}: not a safetensors file (an entry has no valid data_offsets)") from None
     if need > data_len:
         raise DGemmaError(f"{path}: truncated ({data_len} data bytes, header needs {need})")
     return header

@@ -10,10 +10,10 @@ The refusal names a smaller conversion that would fit, or `--force`.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .config import ModelConfig, TextConfig, estimate_runtime_bytes, estimate_weight_bytes
 from .errors import DGemmaError
@@ -34,38 +34,33 @@ def weight_bytes_on_disk(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors") if f.is_file())
 
 
-def loaded_weight_bytes(model_dir: Path) -> int:
-    """Bytes of the tensors loading maps, from the safetensors headers alone.
+def tensor_bytes(header: Mapping[str, Any]) -> int:
+    """Bytes of the tensors in a safetensors header that loading maps.
 
     What the text model never reads (vision tower, rotary tables: `layout.is_ignored`) is left out, so a
-    public checkpoint that ships a vision tower is not charged for it. A shard whose header cannot be
-    read counts whole; loading reports it.
+    public checkpoint that ships a vision tower is not charged for it.
     """
     from .layout import is_ignored
 
+    return sum(
+        int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
+        for key, entry in header.items()
+        if key != "__metadata__" and not is_ignored(key)
+    )
+
+
+def loaded_weight_bytes(model_dir: Path) -> int:
+    """Bytes of the tensors loading maps, from the safetensors headers alone; a shard whose header
+    cannot be read counts whole (loading reports it)."""
+    from .loading import safetensors_header
+
     total = 0
     for f in sorted(Path(model_dir).glob("*.safetensors")):
-        header = _safetensors_header(f)
-        if header is None:
+        try:
+            total += tensor_bytes(safetensors_header(f))
+        except DGemmaError:
             total += f.stat().st_size
-            continue
-        for key, entry in header.items():
-            if key != "__metadata__" and not is_ignored(key):
-                start, end = entry["data_offsets"]
-                total += int(end) - int(start)
     return total
-
-
-def _safetensors_header(path: Path) -> dict | None:
-    try:
-        with path.open("rb") as f:
-            length = struct.unpack("<Q", f.read(8))[0]
-            if length > path.stat().st_size:
-                return None
-            header = json.loads(f.read(length))
-    except (OSError, ValueError, struct.error):
-        return None
-    return header if isinstance(header, dict) else None
 
 
 def working_bytes(config: ModelConfig) -> int:

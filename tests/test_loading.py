@@ -124,3 +124,17 @@ def test_bad_paths(tmp_path, monkeypatch):
 
 def test_unknown_dtype(tiny_checkpoint):
     single_line_error(lambda: load(tiny_checkpoint, dtype="int3"), "unknown dtype 'int3'")
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b'{"w": {"dtype": "F32", "shape": [1]}}', b'{"w": 3}'])
+def test_malformed_safetensors_headers_are_one_line_errors(tmp_path, header):
+    """A header that is JSON but not a safetensors header (an array, an entry without offsets)."""
+    import struct
+
+    from dgemma_mlx.loading import safetensors_header
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(DGemmaError, match="not a safetensors file") as exc:
+        safetensors_header(path)
+    assert "\n" not in str(exc.value)
