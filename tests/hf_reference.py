@@ -81,6 +81,15 @@ TINY_VISION = {
 }
 # Spec §2.5 values, except: short lengths so tests run fast, and EOS {1} (the released [1, 106, 50]
 # are all valid ids for V=128 and would end random generations too often).
+# Large confidence threshold + tiny temperature: rows stop after different numbers of passes.
+EARLY_STOP = {
+    "stability_threshold": 1,
+    "confidence_threshold": 1000.0,
+    "entropy_bound": 1e6,
+    "t_min": 0.01,
+    "t_max": 0.02,
+}
+
 TINY_GENERATION = {
     "max_new_tokens": 16,
     "max_denoising_steps": 8,

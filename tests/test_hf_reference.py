@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from hf_reference import (
+    EARLY_STOP,
     dequantized_to_hf,
     load_reference,
     reference_forward,
@@ -23,14 +24,6 @@ P, L, V = 7, 8, 128
 RNG = np.random.default_rng(0)
 PROMPT = RNG.integers(3, V, (2, P))
 CANVAS1, CANVAS2 = RNG.integers(0, V, (2, L)), RNG.integers(0, V, (2, L))
-# Rows stop after different numbers of passes here (docs/ARCHITECTURE.md, "Tests and benchmarks").
-EARLY_STOP = {
-    "stability_threshold": 1,
-    "confidence_threshold": 1000.0,
-    "entropy_bound": 1e6,
-    "t_min": 0.01,
-    "t_max": 0.02,
-}
 # No EOS and no pad: every new id counts, so tokens_per_forward = k*L / passes exactly.
 NO_EOS = {"eos_token_id": None, "pad_token_id": None}
 TWO_SHORT_CANVASES = {"max_new_tokens": 16, "max_denoising_steps": 2, **NO_EOS}

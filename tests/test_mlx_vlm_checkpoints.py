@@ -17,7 +17,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from hf_reference import _read_checkpoint, dequantized_to_hf, reference_forward, reference_generate
+from hf_reference import (
+    EARLY_STOP,
+    _read_checkpoint,
+    dequantized_to_hf,
+    reference_forward,
+    reference_generate,
+)
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_vlm_checkpoints import (
     KINDS,
@@ -29,14 +35,10 @@ from mlx_vlm_checkpoints import (
     vlm_forward,
     write_source,
 )
-from test_parity import ATOL, mlx_forward
+from test_parity import ATOL, mlx_forward, run_model
 from tiny_models import vocabulary
 
 from dgemma_mlx import load
-from dgemma_mlx.engine import block_diffusion
-from dgemma_mlx.events import FinishEvent
-from dgemma_mlx.generation_config import GenerationConfig
-from dgemma_mlx.noise import TapeNoise
 
 LOGIT_KEYS = ("logits_first", "logits_sc", "logits_second")
 VOCAB = 128
@@ -214,29 +216,8 @@ GEN_SETTINGS = [
     # the checkpoint's own schedule: every canvas runs all 12 passes on these models
     pytest.param({"stability_threshold": 1, "confidence_threshold": 0.005}, False, id="default"),
     # huge confidence threshold + tiny temperature: adaptive stopping ends canvases early
-    pytest.param(
-        {
-            "stability_threshold": 1,
-            "confidence_threshold": 1000.0,
-            "entropy_bound": 1e6,
-            "t_min": 0.01,
-            "t_max": 0.02,
-        },
-        True,
-        id="early-stop",
-    ),
+    pytest.param(EARLY_STOP, True, id="early-stop"),
 ]
-
-
-def _run_ours(model, prompts, draws, **kwargs):
-    config = GenerationConfig().replace_explicit(**kwargs)
-    tape = TapeNoise(draws)
-    result = None
-    for event in block_diffusion(model, prompts, config, tape):
-        if isinstance(event, FinishEvent):
-            result = event.result
-    assert tape.remaining() == 0, "we consumed fewer random draws than the reference"
-    return result
 
 
 @pytest.mark.parametrize("kind", ["affine4", "mxfp4"])
@@ -248,7 +229,7 @@ def test_mlx_vlm_checkpoint_generation_token_exact(vlm_sharp, kind, settings, st
     kwargs = {**GEN, **settings}
     ref = reference_generate(vlm_sharp[f"{kind}-deq"], prompt, seed, **kwargs)
     model, _ = load(vlm_sharp[kind], dtype="float32")
-    ours = _run_ours(model, prompt.tolist(), ref["draws"], **kwargs)
+    ours = run_model(model, prompt.tolist(), ref["draws"], **kwargs)
     assert np.array_equal(ours.sequences, ref["sequences"])
     assert np.allclose(ours.stats.tokens_per_forward, ref["tokens_per_forward"], rtol=1e-6)
     full_passes = 24 / (3 * GEN["max_denoising_steps"])  # 3 canvases of 8, every pass run

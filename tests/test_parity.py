@@ -4,6 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from hf_reference import (
+    EARLY_STOP,
     reference_forward,
     reference_forward_padded,
     reference_generate,
@@ -77,7 +78,11 @@ def test_left_padded_batch_matches_reference(tiny_checkpoint):
 
 
 def run_ours(path, prompts, draws, **kwargs):
-    model = load_model(path)[0]
+    return run_model(load_model(path)[0], prompts, draws, **kwargs)
+
+
+def run_model(model, prompts, draws, **kwargs):
+    """Our engine on `prompts`, consuming exactly the recorded draws of a reference run."""
     config = GenerationConfig().replace_explicit(**kwargs)
     tape = TapeNoise(draws)
     result = None
@@ -94,17 +99,7 @@ SETTINGS = [
     pytest.param({"stability_threshold": 1, "confidence_threshold": 0.005}, id="stability1-default"),
     pytest.param({"stability_threshold": 2, "confidence_threshold": 0.05}, id="stability2"),
     pytest.param({"stability_threshold": 3, "confidence_threshold": 0.2}, id="stability3"),
-    # large confidence threshold + tiny temperature: rows stop at different passes
-    pytest.param(
-        {
-            "stability_threshold": 1,
-            "confidence_threshold": 1000.0,
-            "entropy_bound": 1e6,
-            "t_min": 0.01,
-            "t_max": 0.02,
-        },
-        id="early-stop",
-    ),
+    pytest.param(EARLY_STOP, id="early-stop"),
     pytest.param({"stability_threshold": None, "confidence_threshold": None}, id="no-adaptive-stop"),
     pytest.param({"t_min": None, "t_max": None}, id="no-temperature"),
 ]
@@ -126,11 +121,7 @@ def test_rows_stop_at_different_passes_and_eos_mid_canvas(sharp_checkpoint):
     kwargs = {
         **GEN,
         "max_new_tokens": 24,
-        "stability_threshold": 1,
-        "confidence_threshold": 1000.0,
-        "entropy_bound": 1e6,
-        "t_min": 0.01,
-        "t_max": 0.02,
+        **EARLY_STOP,
         "eos_token_id": [1, 5, 9, 17, 33],
     }
     saw_uneven_stop = saw_mid_eos = False
