@@ -7,10 +7,12 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.text import Text
 
+from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.sudoku import ASSETS, DEFAULT_ATTEMPTS
 
-from .options import stdout, user_errors
+from .options import EXIT_USER_ERROR, loading, say, stdout, user_errors
 
 
 class Difficulty(str, Enum):
@@ -31,8 +33,15 @@ def sudoku_command(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per puzzle on stdout, no board"),
     model_path: Path = typer.Option(ASSETS, "--model", help="a Sudoku DiffusionGemma (default: bundled)"),
 ) -> None:
-    """Watch DiffusionGemma solve Sudoku: every blank cell is refined in parallel, pass by pass."""
+    """Watch DiffusionGemma solve Sudoku: every blank cell is refined in parallel, pass by pass.
+
+    Exit status 1 when any answer is not a valid solution. A --puzzle must have exactly one solution:
+    one with none or several is refused at once (the exact solver decides) without loading the model.
+    """
     with user_errors():
+        if puzzle is not None and count != 1:
+            message = "--count generates puzzles: it cannot be used with --puzzle"
+            raise typer.BadParameter(message, param_hint="'--count'")
         run(puzzle, difficulty.value, count, seed, attempts, as_json, model_path)
 
 
@@ -45,17 +54,24 @@ def run(
     as_json: bool,
     model_path: Path,
 ) -> None:
-    """Parse or generate the puzzles, load the model, then solve and show each puzzle in turn."""
-    # MLX and mlx-lm: paid by a solve, not by `dgemma --help`.
-    from dgemma_mlx.loading import load
+    """Parse or generate the puzzles, load the model, then solve and show each puzzle in turn.
+
+    Raises `typer.Exit(1)` after the last puzzle when any answer was not a valid solution.
+    """
     from dgemma_mlx.sudoku import plan
-    from dgemma_mlx.sudoku.solver_model import SudokuResult, solve_stream
 
-    from .sudoku_view import SudokuLiveView, plain_board
-    from .view import NoView, drive
+    jobs = plan(puzzle, difficulty, count, seed)  # a bad puzzle is refused before the model loads
+    if not model_path.exists():
+        raise DGemmaError(f"{model_path}: no such model directory")
+    # MLX and mlx-lm: paid by a solve, not by `dgemma --help` or a bad puzzle.
+    with loading(model_path, quiet=as_json):
+        from dgemma_mlx.loading import load
+        from dgemma_mlx.sudoku.solver_model import SudokuResult, solve_stream
 
-    jobs = plan(puzzle, difficulty, count, seed)
-    model, _ = load(model_path)
+        from .sudoku_view import SudokuLiveView, plain_board
+        from .view import NoView, drive
+
+        model, _ = load(model_path)
     live = stdout.is_terminal and not as_json
     solved = 0
     for k, job in enumerate(jobs):
@@ -69,8 +85,10 @@ def run(
         if not live:
             boards = f"{plain_board(job.puzzle)}\nmodel's answer\n{plain_board(result.solution)}"
             print(f"{title}: puzzle\n{boards}")
-        verdict = "[green]valid solution[/]" if result.valid else "[red]not a valid solution[/]"
+        verdict = ("valid solution", "green") if result.valid else ("not a valid solution", "red")
         tries = f" ({result.attempts} attempts)" if result.attempts > 1 else ""
-        stdout.print(f"{verdict} after {result.passes} passes{tries}", highlight=False)
+        say(stdout, Text.assemble(verdict, f" after {result.passes} passes{tries}"))
     if len(jobs) > 1 and not as_json:
-        stdout.print(f"solved {solved}/{len(jobs)}")
+        say(stdout, f"solved {solved}/{len(jobs)}")
+    if solved < len(jobs):
+        raise typer.Exit(EXIT_USER_ERROR)

@@ -67,6 +67,7 @@ class SudokuLiveView:
     def __init__(self, console: Console, puzzle, title: str):
         self.console = console
         self.puzzle = list(puzzle)
+        self.blanks = np.array([v == 0 for v in self.puzzle])  # the model's cells: givens are not its work
         self.title = title
         self.live = Live(console=console, auto_refresh=False, transient=False)
         self.last_draw = 0.0
@@ -129,7 +130,7 @@ class SudokuLiveView:
             f"  pass {event.pass_index}/{event.max_steps}",
             f"  T={event.temperature:.2f}",
             f"  mean entropy {float(np.mean(event.entropy[0])):.3f}",
-            f"  accepted {int(event.accepted[0].sum())}/81",
+            f"  accepted {int(event.accepted[0][self.blanks].sum())}/{int(self.blanks.sum())}",
         )
         board = render_board(self.puzzle, digits, event.accepted[0], event.changed[0], event.confidence[0])
         return Group(header, board, legend(pinned="given"))

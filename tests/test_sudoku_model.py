@@ -168,3 +168,89 @@ def test_invalid_puzzles_are_one_line_errors(puzzle, message):
     result = CliRunner().invoke(app, ["sudoku", "--puzzle", puzzle])
     assert result.exit_code == 1
     assert message in result.stderr and "Traceback" not in result.output
+
+
+# -- honest exit codes and verdicts (#22) --------------------------------------------------------------
+# No clash between givens, but cell 9 can only hold a 9 and column 9 already has one.
+NO_SOLUTION = "12345678." + "........9" + "." * 63
+LIGHT_ONLY = (
+    "import sys; from typer.testing import CliRunner; from dgemma_mlx.cli.app import app; "
+    "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code); print(r.stderr.strip()); "
+    "print(sorted(m for m in ('mlx', 'mlx_lm', 'transformers', 'dgemma_mlx.model') if m in sys.modules))"
+)
+
+
+def run_light(*argv: str) -> tuple[int, str, str]:
+    """The CLI in a fresh process: exit code, stderr, and which heavy modules it imported."""
+    cmd = [sys.executable, "-c", LIGHT_ONLY, *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    code, err, modules = done.stdout.strip().split("\n")[-3:]
+    return int(code), err, modules
+
+
+@pytest.mark.parametrize(
+    "puzzle, message",
+    [
+        (NO_SOLUTION, "puzzle has no solution"),
+        ("." * 81, "puzzle has more than one solution"),
+        ("." * 80 + "1", "puzzle has more than one solution"),
+    ],
+)
+def test_unsolvable_or_ambiguous_puzzle_is_refused_before_loading(puzzle, message):
+    code, err, modules = run_light("sudoku", "--puzzle", puzzle)
+    assert code == 1
+    assert err.count("\n") == 0 and message in err
+    assert modules == "[]"  # refused before MLX, mlx-lm or the model code were imported
+
+
+def test_count_with_puzzle_is_a_usage_error():
+    p = format_puzzle(generate_batch(99, "easy", 1)[0].puzzle)
+    result = CliRunner().invoke(app, ["sudoku", "--puzzle", p, "--count", "3"])
+    assert result.exit_code == 2 and "--count" in result.stderr and "--puzzle" in result.stderr
+
+
+def _failing_solver(model, puzzle, seed=None, attempts=1, **_):
+    """Every answer wrong: the givens kept, every blank a 1."""
+    yield SudokuResult(tuple(puzzle), tuple(v or 1 for v in puzzle), False, 3, attempts)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_an_invalid_answer_exits_1_after_every_row(monkeypatch, as_json):
+    import dgemma_mlx.sudoku.solver_model as solver_model
+
+    monkeypatch.setattr(solver_model, "solve_stream", _failing_solver)
+    argv = ["sudoku", "--count", "2", "--seed", "3", "--attempts", "2"] + (["--json"] if as_json else [])
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 1, result.output
+    if as_json:
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["valid"] for r in rows] == [False, False]
+    else:
+        assert result.stdout.count("not a valid solution") == 2 and "solved 0/2" in result.stdout
+
+
+def test_a_valid_answer_still_exits_0_and_the_verdict_is_plain_text():
+    p = generate_batch(99, "easy", 1)[0]
+    result = CliRunner().invoke(app, ["sudoku", "--puzzle", format_puzzle(p.puzzle), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "valid solution after" in result.stdout
+    assert "[green]" not in result.stdout and "[/]" not in result.stdout
+
+
+def test_live_header_counts_only_the_models_cells(bundled):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dgemma_mlx.cli.sudoku_view import SudokuLiveView
+
+    model, _ = bundled
+    puzzle = generate_batch(99, "easy", 1)[0].puzzle
+    blanks = sum(v == 0 for v in puzzle)
+    event = next(e for e in solve_stream(model, puzzle, seed=0) if isinstance(e, PassEvent))
+    view = SudokuLiveView(Console(file=StringIO(), width=120), puzzle, "Sudoku")
+    out = Console(file=StringIO(), width=200)
+    out.print(view._frame(event))
+    header = out.file.getvalue().splitlines()[0]
+    accepted = int(sum(event.accepted[0][i] for i in range(81) if puzzle[i] == 0))
+    assert f"accepted {accepted}/{blanks}" in header and blanks < 81
