@@ -37,7 +37,7 @@ SPM_MEMBER = "maxtext/assets/tokenizers/tokenizer_gemma4.model"
 SPM_SHA256 = "9f318ac4dc02f8580e3f65ff0b37286e7c3d1e5d664737bb2c8ca812b5453162"
 
 GEMMA4_VOCAB_SIZE = 262144
-# Spec §5.10, plus `<|think|>` (98) and "\n" (107), read from the SentencePiece model itself.
+# The chat-format ids, plus `<|think|>` (98) and "\n" (107), read from the SentencePiece model itself.
 GEMMA4_SPECIAL_IDS = {
     "<pad>": 0,
     "<eos>": 1,

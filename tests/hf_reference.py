@@ -54,7 +54,8 @@ from dgemma_mlx.noise import CANVAS, GUMBEL, NumpyNoise, TapeExhausted
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUTS = ("per_layer_config", "legacy")
 
-# Spec §8.1. W=4 is smaller than both the prompt (7) and the canvas (8), so the sliding cache trims.
+# The parity geometry (docs/ARCHITECTURE.md, "Tests and benchmarks"). W=4 is smaller than both the
+# prompt (7) and the canvas (8), so the sliding cache trims.
 TINY_TEXT = {
     **TINY_GEOMETRY,
     "vocab_size": 128,
@@ -79,8 +80,6 @@ TINY_VISION = {
     "num_key_value_heads": 2,
     "head_dim": 8,
 }
-# Spec §2.5 values, except: short lengths so tests run fast, and EOS {1} (the released [1, 106, 50]
-# are all valid ids for V=128 and would end random generations too often).
 # Large confidence threshold + tiny temperature: rows stop after different numbers of passes.
 EARLY_STOP = {
     "stability_threshold": 1,
@@ -89,7 +88,8 @@ EARLY_STOP = {
     "t_min": 0.01,
     "t_max": 0.02,
 }
-
+# The released generation_config.json values, except: short lengths so tests run fast, and EOS {1}
+# (the released [1, 106, 50] are all valid ids for V=128 and would end random generations too often).
 TINY_GENERATION = {
     "max_new_tokens": 16,
     "max_denoising_steps": 8,
@@ -121,7 +121,7 @@ def tiny_config(
 
 
 def _randomize(model: DiffusionGemmaForBlockDiffusion, embed_multiplier: float) -> None:
-    """Spec §8.2 weights, so that every parameter the port must read changes the output.
+    """Randomised weights (the parity recipe), so that every parameter the port must read changes the output.
 
     `_init_weights` leaves every 1-D parameter at 1 and every layer scalar at 1 (a port ignoring them
     would pass), and the experts at N(0, 0.02), where GELU is nearly linear. Matrices other than the
@@ -208,7 +208,8 @@ def _fingerprint(path: Path) -> tuple:
 
 
 def load_reference(path: str | Path, dtype: str = "float32") -> DiffusionGemmaForBlockDiffusion:
-    """The reference model in eval mode, loaded with `from_pretrained(dtype=...)` (never `.to()`, §6.4).
+    """The reference model in eval mode, loaded with `from_pretrained(dtype=...)`, never `.to()`, which
+    would cast the float32 rotary tables.
 
     Default attention implementation (sdpa on CPU, like the reference's own default). Cached per
     (directory, dtype, file stamps) so a test module can call the reference repeatedly for free.
@@ -338,7 +339,7 @@ def reference_forward(
     attention_mask: np.ndarray | None = None,
     dtype: str = "float32",
 ) -> dict[str, np.ndarray]:
-    """Spec §8.3 fixtures from the reference, all float32 numpy.
+    """Forward-pass fixtures from the reference, all float32 numpy.
 
     Encode the prompt at 0..P-1; decode `canvas1` at P..P+L-1 without ("logits_first") and with
     `self_conditioning_logits = sc_scale * logits_first` ("logits_sc"); encode `canvas1`; decode
@@ -358,7 +359,7 @@ def reference_forward_padded(
     *,
     dtype: str = "float32",
 ) -> np.ndarray:
-    """First-canvas logits [B, L, V] for a left-padded batch (2-D mask, positions not shifted, §5.7)."""
+    """First-canvas logits [B, L, V] for a left-padded batch (2-D mask, positions not shifted)."""
     model = load_reference(path, dtype)
     return _forward(model, prompt_ids, attention_mask, canvas, None, 1.0)["logits_first"]
 

@@ -60,7 +60,7 @@ def test_checkpoint_has_the_real_key_layout(tiny_checkpoint):
     assert f"{d}2.self_attn.v_proj.weight" not in text  # full layers: K = V
     assert "model.decoder.self_conditioning.pre_norm.weight" in text
 
-    # §8.2: 1-D weights and both sets of layer scalars are random, and the two sets differ
+    # The parity recipe: 1-D weights and both sets of layer scalars are random, and the two sets differ
     with safe_open(str(tiny_checkpoint / "model.safetensors"), framework="pt") as f:
         enc = [f.get_tensor(f"model.encoder.language_model.layers.{i}.layer_scalar").item() for i in range(3)]
         dec = [f.get_tensor(f"{d}{i}.layer_scalar").item() for i in range(3)]
@@ -192,7 +192,7 @@ def test_sharded_save_writes_an_index_and_loads_the_same(tmp_path, tiny_checkpoi
 def test_dequantized_to_hf_round_trips_and_checks_keys(tmp_path):
     like = write_tiny_checkpoint(tmp_path / "bf16", seed=0, dtype="bfloat16")
     model = load_reference(like, "bfloat16")
-    assert model.model.decoder.rotary_emb.sliding_attention_inv_freq.dtype == torch.float32  # §6.4
+    assert model.model.decoder.rotary_emb.sliding_attention_inv_freq.dtype == torch.float32
     with safe_open(str(like / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor("model.decoder.norm.weight").dtype == torch.bfloat16
         weights = {k: f.get_tensor(k).float().numpy() for k in f.keys() if "vision" not in k}

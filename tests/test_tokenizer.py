@@ -122,7 +122,7 @@ def test_chat_two_turns(tok):
 
 
 def test_chat_matches_published_ids(tok):
-    """Spec §5.10's third-party tokenisation of one user turn, minus the dropped empty thought channel."""
+    """The documented third-party tokenisation of one user turn, minus the dropped empty thought channel."""
     ids = tok.render_chat([{"role": "user", "content": "Why is the sky blue?"}])
     assert ids[:4] == [2, 105, 2364, 107]  # <bos> <|turn> user \n
     assert ids[-5:] == [106, 107, 105, 4368, 107]  # <turn|> \n <|turn> model \n
