@@ -21,9 +21,12 @@ from .options import (
     EXIT_USER_ERROR,
     GenerationFlags,
     ViewKind,
+    check_utf8,
     force_option,
+    loading,
     model_option,
     read_prompt,
+    require_file,
     resolve_model,
     say,
     stderr,
@@ -90,12 +93,16 @@ def generate(
     with user_errors():
         if system and not chat_template:
             raise typer.BadParameter("--system needs the chat template (drop --raw)", param_hint="--system")
+        if system is not None:
+            check_utf8(system, "'--system'", "the system prompt")
         text = read_prompt(prompt)
-        from dgemma_mlx import load, stream_generate
+        chosen = resolve_model(model)
+        with loading(chosen, quiet=view == ViewKind.none):
+            from dgemma_mlx import load, stream_generate
 
-        from .view import drive, make_view, print_answer
+            from .view import drive, make_view, print_answer
 
-        model_obj, tokenizer = load(resolve_model(model), force=force)
+            model_obj, tokenizer = load(chosen, force=force)
         events = stream_generate(
             model_obj,
             tokenizer,
@@ -124,12 +131,18 @@ def chat(
 ) -> None:
     """Multi-turn chat on one session cache: each turn encodes only its new tokens. /help inside."""
     with user_errors():
-        from dgemma_mlx import load
-        from dgemma_mlx.session import ChatSession
+        if system is not None:
+            check_utf8(system, "'--system'", "the system prompt")
+        if load_file is not None:
+            require_file(load_file, "session file")
+        chosen = resolve_model(model)
+        with loading(chosen, quiet=view == ViewKind.none):
+            from dgemma_mlx import load
+            from dgemma_mlx.session import ChatSession
 
-        from .chat import ChatRepl
+            from .chat import ChatRepl
 
-        model_obj, tokenizer = load(resolve_model(model), force=force)
+            model_obj, tokenizer = load(chosen, force=force)
         session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=flags.seed)
         if load_file is not None:
             session.load(load_file)
@@ -166,9 +179,11 @@ def batch(
     with user_errors():
         from dgemma_mlx import load
         from dgemma_mlx.batch import BatchRun
+        from dgemma_mlx.generation_config import check_fields
 
         from .view import BatchProgress
 
+        check_fields(**flags.overrides)  # a bad flag is one line, not every input line in the errors file
         job = BatchRun(input_name, output, input_format.value, resume, errors)
         model_obj, tokenizer = load(resolve_model(model), force=force)
         for bad in job.prepare(model_obj, tokenizer, flags.overrides, chat_template, system):
@@ -192,9 +207,10 @@ def info(
 ) -> None:
     """What a model directory holds: geometry, parameters, quantization, size and estimated memory."""
     with user_errors():
+        chosen = resolve_model(model)
         from dgemma_mlx.inspect import format_summary, summarize
 
-        summary = summarize(resolve_model(model))
+        summary = summarize(chosen)
         print(json.dumps(summary) if as_json else format_summary(summary), flush=True)
 
 

@@ -151,19 +151,68 @@ def resolve_model(model: str | None) -> str:
     return chosen
 
 
+def check_utf8(text: str, param_hint: str, where: str = "") -> str:
+    """`text` as given, if it is valid UTF-8: an argument Python decoded with surrogateescape (a byte
+    that is not UTF-8) is a usage error that names the first bad byte, not a traceback later on."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = text[e.start].encode("utf-8", "surrogateescape")
+        at = f"character {e.start + 1}"
+        detail = f"byte 0x{byte[0]:02x} at {at}" if len(byte) == 1 else at
+        message = f"{where or 'the text'} is not valid UTF-8 ({detail})"
+        raise typer.BadParameter(message, param_hint=param_hint) from None
+    return text
+
+
+def read_stdin() -> str:
+    """All of stdin as UTF-8 text; bytes that are not UTF-8 are a usage error that names the first one."""
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start : e.start + 1]
+        message = f"stdin is not valid UTF-8 (byte 0x{bad.hex() or '??'} at byte {e.start + 1})"
+        raise typer.BadParameter(message, param_hint=PROMPT_HINT) from None
+
+
 def read_prompt(prompt: str | None) -> str:
-    """`-p TEXT`, `-p -` (stdin), or stdin when it is piped and -p is absent."""
+    """`-p TEXT`, `-p -` (stdin), or stdin when it is piped and -p is absent; UTF-8 only."""
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise typer.BadParameter(
                 "no prompt: pass -p TEXT, or pipe text in (-p - reads stdin)", param_hint=PROMPT_HINT
             )
         prompt = "-"
-    text = sys.stdin.read() if prompt == "-" else prompt
+    text = read_stdin() if prompt == "-" else prompt
+    check_utf8(text, PROMPT_HINT, "stdin" if prompt == "-" else "the prompt")
     if not text.strip():
         empty = "the prompt is empty" + (" (nothing on stdin)" if prompt == "-" else "")
         raise typer.BadParameter(empty, param_hint=PROMPT_HINT)
     return text.strip("\n") if prompt == "-" else text
+
+
+def require_file(path: Path, what: str) -> Path:
+    """A file the command will read, checked before any heavy import: missing or a directory is one line."""
+    if not path.exists():
+        raise DGemmaError(f"{path}: no such {what}")
+    if path.is_dir():
+        raise DGemmaError(f"{path}: is a directory, not a {what}")
+    return path
+
+
+@contextlib.contextmanager
+def loading(name: str | os.PathLike[str], quiet: bool = False) -> Iterator[None]:
+    """`loading NAME…` on stderr the moment a command starts to load a model (imports included):
+    a spinner on a terminal, one plain line otherwise, nothing when `quiet`. Never on stdout."""
+    message = Text(f"loading {os.fspath(name)}…", style="dim")
+    if quiet:
+        yield
+    elif stderr.is_terminal:
+        with stderr.status(message):
+            yield
+    else:
+        say(stderr, message)
+        yield
 
 
 def say(console: Console, message: str | Text, style: str = "") -> None:
