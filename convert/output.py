@@ -25,6 +25,7 @@ from dgemma_mlx.units import fmt_bytes
 
 from .layout import SAFETENSORS_DTYPES
 from .plan import Plan
+from .source import check_side_files, read_config
 from .stream import write_shards
 
 MARKER = ".dgemma-convert-incomplete"
@@ -169,7 +170,8 @@ def write_chat_template(directory: Path) -> None:
 
 
 def verify(plan: Plan, directory: Path) -> None:
-    """Reload what was written: exact sizes and headers per shard, then `load_model` on the result."""
+    """Reload what was written: exact sizes and headers per shard, the config, the tokenizer files and
+    chat templates, then `load_model` on the result."""
     for shard in plan.shards:
         path = directory / shard.filename
         if path.stat().st_size != shard.size:
@@ -184,6 +186,8 @@ def verify(plan: Plan, directory: Path) -> None:
             ):
                 raise DGemmaError(f"{path}: {t.name} did not round-trip (got {entry})")
     try:
+        read_config(directory / "config.json")  # the config as written parses, types included
+        check_side_files(directory)  # tokenizer JSON files and chat templates as written
         load_model(directory, lazy=True)  # every tensor present, right shape, quantization map applies
     except DGemmaError as e:
         raise DGemmaError(f"verification of the converted model failed: {e}") from None

@@ -16,7 +16,9 @@ from pathlib import Path
 from dgemma_mlx.config import ModelConfig
 from dgemma_mlx.errors import DGemmaError
 from dgemma_mlx.generation_config import GenerationConfig
-from dgemma_mlx.loading import resolve_model_path, safetensors_header, weight_files
+from dgemma_mlx.hub import download_command
+from dgemma_mlx.jsonfile import open_regular, read_json_object
+from dgemma_mlx.loading import checked_model_file, resolve_model_path, safetensors_header, weight_files
 
 # Source dtypes we can stream (safetensors code -> bytes per element). The released checkpoint is
 # bf16; derivatives exist in fp16, and tiny test checkpoints are fp32.
@@ -32,6 +34,9 @@ SIDE_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+# Side files that must hold one JSON object (the rest: chat_template.jinja, parsed as Jinja, and the
+# binary tokenizer.model, copied as is).
+JSON_SIDE_FILES = tuple(name for name in SIDE_FILES if name.endswith(".json"))
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def resolve_source(source: str) -> Path:
     except DGemmaError as e:
         if "Hugging Face Hub" in str(e):
             raise DGemmaError(
-                f"{e} (e.g. `huggingface-cli download {source} --local-dir DIR`, "
+                f"{e} (e.g. `{download_command()} {source} --local-dir DIR`, "
                 "then `dgemma convert DIR -o OUT`)"
             ) from None
         raise
@@ -80,7 +85,7 @@ def resolve_source(source: str) -> Path:
 def open_source(source: str | Path) -> SourceCheckpoint:
     """Resolve and validate a source checkpoint from its config and safetensors headers."""
     directory = resolve_source(str(source))
-    config = ModelConfig.from_file(directory / "config.json")
+    config = read_config(directory / "config.json")
     if config.quantization or config.raw.get("quantization_config"):
         raise DGemmaError(
             f"{directory / 'config.json'}: this checkpoint is already quantized; "
@@ -95,8 +100,83 @@ def open_source(source: str | Path) -> SourceCheckpoint:
                     f"{path}: tensor {tensor.key} also appears in {tensors[tensor.key].file.name}"
                 )
             tensors[tensor.key] = tensor
-    side = tuple(directory / name for name in SIDE_FILES if (directory / name).is_file())
+    side = present_side_files(directory)
+    check_side_files(directory)
     return SourceCheckpoint(directory=directory, config=config, tensors=tensors, side_files=side)
+
+
+def read_config(path: Path) -> ModelConfig:
+    """config.json as a `ModelConfig`; a value of the wrong type (`num_hidden_layers: "four"`,
+    `layer_types: 5`) is one line naming the file, like every other config problem."""
+    try:
+        return ModelConfig.from_file(path)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DGemmaError(f"{path}: malformed config ({type(e).__name__}: {first})") from None
+
+
+def present_side_files(directory: Path) -> tuple[Path, ...]:
+    """The side files this checkpoint has, each a regular file inside it (`checked_model_file`)."""
+    names = [n for n in SIDE_FILES if (directory / n).exists() or (directory / n).is_symlink()]
+    return tuple(checked_model_file(directory, name) for name in names)
+
+
+def check_side_files(directory: Path) -> None:
+    """The tokenizer and template files are what they claim to be: each JSON side file one JSON
+    object, and every chat template (chat_template.jinja, or the one inside tokenizer_config.json or
+    chat_template.json) parses as Jinja. Run on the source before any work and on the output before
+    its rename, so a corrupt one is one line and never a finished-looking conversion."""
+    for path in present_side_files(directory):
+        if path.name in JSON_SIDE_FILES:
+            data = read_json_object(path, invalid="corrupt (not valid JSON)")
+            if path.name in ("tokenizer_config.json", "chat_template.json"):
+                _check_template(path, data.get("chat_template"))
+        elif path.name == "chat_template.jinja":
+            with open_regular(path) as f:
+                raw = f.read()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DGemmaError(f"{path}: corrupt chat template (not UTF-8: {e})") from None
+            _check_template(path, text)
+
+
+def _check_template(path: Path, template) -> None:
+    """A template as transformers accepts it: a string, or a list of {"name", "template"} entries."""
+    if template is None:
+        return
+    if isinstance(template, list):
+        for entry in template:
+            if not (isinstance(entry, dict) and isinstance(entry.get("template"), str)):
+                raise DGemmaError(f"{path}: corrupt chat template (a list entry without a template string)")
+            _check_template(path, entry["template"])
+        return
+    if not isinstance(template, str):
+        raise DGemmaError(f"{path}: corrupt chat template (a {type(template).__name__}, not a string)")
+    import jinja2
+
+    try:
+        _template_environment().parse(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise DGemmaError(f"{path}: corrupt chat template (line {e.lineno}: {e.message})") from None
+
+
+def _template_environment():
+    """A Jinja environment with the syntax transformers' chat templates may use: loop controls and its
+    `{% generation %}...{% endgeneration %}` block."""
+    import jinja2
+    import jinja2.ext
+    from jinja2 import nodes
+
+    class Generation(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    return jinja2.Environment(extensions=[Generation, jinja2.ext.loopcontrols])
 
 
 def _shard_tensors(path: Path, listed: list[str] | None) -> list[SourceTensor]:

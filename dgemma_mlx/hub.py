@@ -29,6 +29,19 @@ _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def download_command() -> str:
+    """The download command the installed huggingface_hub ships: `hf download` from 0.34 on (the only
+    one from 1.0), `huggingface-cli download` before; read from the package metadata, nothing imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parts = re.findall(r"\d+", version("huggingface_hub"))[:2]
+        major, minor = (int(p) for p in parts)
+    except (PackageNotFoundError, ValueError):
+        return "hf download"
+    return "hf download" if (major, minor) >= (0, 34) else "huggingface-cli download"
+
+
 def hub_cache_dir() -> Path:
     """huggingface_hub's cache folder, read from the environment now (the library reads it once, at import).
 
@@ -153,7 +166,7 @@ def resolve_model_path(path_or_repo: str | Path) -> Path:
     if hub_offline():
         raise DGemmaError(
             f"could not fetch {text!r}: it is not in the Hugging Face cache ({hub_cache_dir()}) and the "
-            f"Hugging Face Hub is offline (HF_HUB_OFFLINE); run `hf download {text}` while online, "
+            f"Hugging Face Hub is offline (HF_HUB_OFFLINE); run `{download_command()} {text}` while online, "
             "or pass a local directory"
         )
     return download(text)

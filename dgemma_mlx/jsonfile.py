@@ -9,10 +9,31 @@ which of a model directory's files is broken.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import DGemmaError
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` opened for binary reading, refused (one line) unless it is a regular file.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO or a device under a checkpoint's
+    file name is refused at once instead of hanging the reader, with no window between check and open.
+    Raises `FileNotFoundError` (and other `OSError`s) as `open` would.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device"
+            raise DGemmaError(f"{path}: not a regular file ({kind})")
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_json_object(
@@ -25,12 +46,13 @@ def read_json_object(
     """The JSON object in `path`, or one `DGemmaError` line naming the file.
 
     `{path}: {missing}` when the file does not exist, `{path}: {invalid} ({reason})` when it is not
-    UTF-8 JSON, `{path}: {not_object}` for any other JSON value, and `{path}: {reason}` when the
-    system cannot read it (a directory, no permission).
+    UTF-8 JSON, `{path}: {not_object}` for any other JSON value, `{path}: not a regular file (...)` for
+    a directory or FIFO (never opened blocking), and `{path}: {reason}` when the system cannot read it.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open_regular(path) as f:
+            data = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise DGemmaError(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

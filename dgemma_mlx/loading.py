@@ -8,6 +8,8 @@ wrong shape, truncated file) is reported as one line naming the file and the key
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from mlx.utils import tree_flatten
 from . import hub, memory
 from .config import ModelConfig
 from .errors import DGemmaError
-from .jsonfile import read_json_object
+from .jsonfile import open_regular, read_json_object
 from .layout import is_ignored, public_name, to_tree
 from .model import Model
 from .quantization import apply_quantization_map
@@ -33,51 +35,141 @@ def resolve_model_path(path_or_repo: str | Path) -> Path:
     return hub.resolve_model_path(path_or_repo)
 
 
+# The safetensors format's own limit on the JSON header (safetensors' MAX_HEADER_SIZE): a larger claim
+# is refused before a byte of it is read.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def safetensors_header(path: Path) -> dict[str, Any]:
-    """Parse and sanity-check a safetensors header without reading the tensor data."""
+    """Parse and sanity-check a safetensors header without reading the tensor data.
+
+    The one reader of safetensors headers (load, convert, `dgemma info`, the memory guard): anything that
+    is not a regular file, a header over the format's 100 MB limit, a header that is not a JSON object
+    of entries with a string dtype, a shape of non-negative integers and two ordered integer
+    data_offsets, or offsets past the end of the file, is one `DGemmaError` line naming the file.
+    """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             raw_len = f.read(8)
             if len(raw_len) < 8:
                 raise DGemmaError(f"{path}: not a safetensors file (too short)")
             (header_len,) = struct.unpack("<Q", raw_len)
+            if header_len > MAX_HEADER_BYTES:
+                raise DGemmaError(
+                    f"{path}: not a safetensors file (header length {header_len} exceeds the format's "
+                    f"limit of {MAX_HEADER_BYTES} bytes)"
+                )
             if header_len > size - 8:
                 raise DGemmaError(f"{path}: not a safetensors file (header length {header_len} exceeds file)")
             header = json.loads(f.read(header_len))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DGemmaError(f"{path}: unreadable safetensors header ({e})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DGemmaError(f"{path}: unreadable safetensors header ({_first_line(e)})") from None
     if not isinstance(header, dict):
         raise DGemmaError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     data_len = size - 8 - header_len
-    try:
-        need = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        raise DGemmaError(f"{path}: not a safetensors file (an entry has no valid data_offsets)") from None
+    need = 0
+    for key, entry in header.items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise DGemmaError(f"{path}: not a safetensors file (tensor {key!r} {problem})")
+        need = max(need, entry["data_offsets"][1])
     if need > data_len:
         raise DGemmaError(f"{path}: truncated ({data_len} data bytes, header needs {need})")
     return header
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """What is wrong with one header entry, or None."""
+    if not isinstance(entry, dict):
+        return "is not an object"
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(x) for x in offsets)):
+        return "has no valid data_offsets"
+    if offsets[0] > offsets[1]:
+        return f"has data_offsets {offsets} that end before they start"
+    if not isinstance(entry.get("dtype"), str):
+        return "has no string dtype"
+    shape = entry.get("shape")
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        return "has no valid shape (a list of non-negative integers)"
+    return None
+
+
+def containment_root(model_dir: Path) -> Path:
+    """The folder every file of a model must resolve into: the model directory itself, or for a
+    Hugging Face cache snapshot (`models--org--name/snapshots/REV`, files symlinked into
+    `../../blobs/`) the repo folder `models--org--name` (see hub.py)."""
+    root = Path(model_dir).resolve()
+    if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+        return root.parent.parent
+    return root
+
+
+def checked_model_file(model_dir: Path, name: Any, listed_in: str | None = None) -> Path:
+    """`model_dir / name` for a name read from a file (or a directory listing), refused with one line
+    unless it is a relative path without `..` that resolves to a regular file inside the model
+    (`containment_root`): no absolute paths, no symlinks leaving it, no FIFOs or devices."""
+    where = f" (listed in {listed_in})" if listed_in else ""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise DGemmaError(f"{model_dir}: invalid file name {name!r}{where}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise DGemmaError(f"{model_dir}: file {name!r} is outside the model directory{where}")
+    path = model_dir / rel
+    try:
+        mode = path.stat().st_mode
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        what = "missing shard" if listed_in else "missing file"
+        raise DGemmaError(f"{path}: {what}{where}") from None
+    except (OSError, RuntimeError) as e:  # a symlink loop, permissions
+        raise DGemmaError(f"{path}: cannot be read ({_first_line(e)}){where}") from None
+    if not resolved.is_relative_to(containment_root(model_dir)):
+        raise DGemmaError(f"{path}: points outside the model directory (to {resolved}){where}")
+    if not stat.S_ISREG(mode):
+        raise DGemmaError(f"{path}: not a regular file{where}")
+    return path
+
+
 def weight_files(model_dir: Path) -> dict[Path, list[str] | None]:
-    """The shard files to read and, where an index exists, the keys each must hold."""
+    """The shard files to read and, where an index exists, the keys each must hold.
+
+    Every shard is checked by `checked_model_file`: names from the index (or found by the glob) never
+    lead outside the model directory, nor to anything but a regular file.
+    """
     index = model_dir / INDEX_FILE
-    if index.exists():
+    if index.exists() or index.is_symlink():
+        checked_model_file(model_dir, INDEX_FILE)
         weight_map = read_json_object(index, invalid="not a valid safetensors index").get("weight_map")
         if not isinstance(weight_map, dict):
             raise DGemmaError(f"{index}: not a valid safetensors index (no weight_map object)")
         files: dict[Path, list[str] | None] = {}
+        checked: dict[str, Path] = {}
         for key, shard in weight_map.items():
-            files.setdefault(model_dir / shard, []).append(key)
-        for shard in files:
-            if not shard.exists():
-                raise DGemmaError(f"{shard}: missing shard (listed in {INDEX_FILE})")
+            if not isinstance(shard, str):
+                raise DGemmaError(
+                    f"{index}: not a valid safetensors index "
+                    f"(weight_map[{key!r}] is {shard!r}, not a file name)"
+                )
+            if shard not in checked:
+                checked[shard] = checked_model_file(model_dir, shard, listed_in=INDEX_FILE)
+            files.setdefault(checked[shard], []).append(key)
         return files
     found = sorted(model_dir.glob("*.safetensors"))
     if not found:
         raise DGemmaError(f"{model_dir}: no *.safetensors weights found")
-    return dict.fromkeys(found)
+    return {checked_model_file(model_dir, f.name): None for f in found}
 
 
 def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
