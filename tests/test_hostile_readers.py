@@ -488,3 +488,16 @@ def test_a_mistyped_local_path_is_missing_not_fetched(typo, tmp_path, monkeypatc
     monkeypatch.setattr(hub, "cached_snapshot", no_network)
     assert_one_line(invoke("convert", typo, "-o", str(tmp_path / "out")), typo.rstrip("/"), "no such")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", INDEX])
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_json_files_that_are_not_regular_files(name, kind, source, tmp_path):
+    """The shared JSON reader never opens a FIFO blocking, nor tries to read a directory."""
+    model = source("sharded")
+    (model / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(model / name)
+    else:
+        (model / name).mkdir()
+    check_both(model, tmp_path, name, "not a regular file")
