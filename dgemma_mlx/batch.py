@@ -10,10 +10,26 @@ overrides before being cut into batches of `batch_size`. Each result is written 
 finishes (a row that hits EOS early does not wait for the rest of its batch), as one whole line,
 flushed and fsynced: a killed run loses at most the rows still in flight, and `completed_ids` lets
 a rerun skip everything already written.
+
+Nothing is lost to a mistyped path: an output or errors file that is the input (or each other, by
+resolved path or `os.path.samefile`), or a directory, is refused before any file is touched.
+
+Resume reproduces the uninterrupted run row for row. Rows generated together share one noise stream,
+so a row's result depends on its batch, not on itself alone; batches are therefore always planned over
+every runnable request, finished ones included, exactly as an uninterrupted run plans them, and the
+k-th batch of that plan is seeded `seed + k`. On resume a batch whose rows are all written is skipped,
+and a partly written batch is rerun whole with its own seed, writing only its missing rows.
+
+Every result row carries `prompt_sha`, the first 12 hex digits of the SHA-256 of what it answers (the
+prompt text, or the messages as canonical JSON; a request's own `system` string is appended after a
+NUL). A resume whose input no longer matches what an id answered (an edited or shifted text file,
+where the id is the line number) is refused, naming the first such id and its line, before anything
+is written: the old rows and the new input cannot both be right.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -47,6 +63,18 @@ class Request:
     def key(self) -> str:
         """How ids are compared for duplicates and resume: 7 and "7" are the same id."""
         return id_key(self.id)
+
+    @property
+    def prompt_sha(self) -> str:
+        """Which prompt a result answers (see the module docstring)."""
+        text = (
+            self.prompt
+            if isinstance(self.prompt, str)
+            else json.dumps(self.prompt, sort_keys=True, ensure_ascii=False)
+        )
+        if self.system is not None:
+            text += "\0" + self.system
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -198,11 +226,12 @@ def repair_tail(out: Path) -> bool:
     return True
 
 
-def completed_ids(out: Path) -> set[str]:
-    """Ids already written to `out` (as `Request.key`); lines that are not results are ignored."""
+def completed_rows(out: Path) -> dict[str, str | None]:
+    """Ids already written to `out` (as `Request.key`) -> the `prompt_sha` they answer (None in rows
+    written before it existed); lines that are not results are ignored."""
     if not out.exists():
-        return set()
-    done = set()
+        return {}
+    done: dict[str, str | None] = {}
     with out.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -210,8 +239,57 @@ def completed_ids(out: Path) -> set[str]:
             except json.JSONDecodeError:
                 continue
             if isinstance(row, dict) and "id" in row:
-                done.add(id_key(row["id"]))
+                sha = row.get("prompt_sha")
+                done[id_key(row["id"])] = sha if isinstance(sha, str) else None
     return done
+
+
+def completed_ids(out: Path) -> set[str]:
+    """Ids already written to `out` (as `Request.key`); lines that are not results are ignored."""
+    return set(completed_rows(out))
+
+
+def check_resume(requests: Iterable[Request], done: dict[str, str | None], out: Path) -> None:
+    """Refuse a resume whose input no longer asks what the written rows answer."""
+    changed = [r for r in requests if done.get(r.key) not in (None, r.prompt_sha)]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise DGemmaError(
+            f"{out}: id {first.id!r} answers a different prompt than input line {first.line} has now{more}:"
+            " the input changed since this output was written; write to a new output instead"
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_paths(input_name: str, output: Path, errors: Path) -> None:
+    """Refuse paths that would destroy data, before any file is opened for writing.
+
+    The output or the errors file must not be the input (`-`, stdin, never is) or each other, and
+    neither may be a directory.
+    """
+    for path, what in ((output, "output (-o)"), (errors, "errors file (--errors)")):
+        if path.is_dir():
+            raise DGemmaError(f"{path}: the {what} is a directory; name a file")
+    source = None if input_name == "-" else Path(input_name).expanduser()
+    pairs = [(output, "output (-o)", errors, "errors file (--errors)")]
+    if source is not None:
+        pairs = [
+            (source, "input", output, "output (-o)"),
+            (source, "input", errors, "errors file (--errors)"),
+            *pairs,
+        ]
+    for a, a_what, b, b_what in pairs:
+        if _same_file(a, b):
+            raise DGemmaError(f"{b}: the {b_what} is the same file as the {a_what}; choose another path")
 
 
 class ResultWriter:
@@ -332,10 +410,20 @@ def run_batches(
     writer: ResultWriter,
     batch_size: int = 4,
     seed: int | None = None,
+    done: frozenset[str] | set[str] = frozenset(),
 ) -> Iterator[dict[str, Any]]:
-    """Generate every job, writing each result as it completes; yields the written rows."""
+    """Generate every job not in `done` (keys), writing each result as it completes; yields the written
+    rows. `jobs` are all the runnable requests, done ones included, so the plan and its seeds match an
+    uninterrupted run's: batches with nothing left are skipped, partly done ones rerun whole."""
     for k, batch in enumerate(plan_batches(jobs, batch_size)):
+        if all(job.request.key in done for job in batch):
+            continue
+        shas = {job.request.key: job.request.prompt_sha for job in batch}
         for row in generate_batch(model, tokenizer, batch, None if seed is None else seed + k):
+            key = id_key(row["id"])
+            if key in done:
+                continue
+            row = {"id": row["id"], "prompt_sha": shas[key], **{f: v for f, v in row.items() if f != "id"}}
             writer.write(row)
             yield row
 
@@ -356,16 +444,20 @@ class BatchRun:
         resume: bool = False,
         errors: Path | None = None,
     ):
-        self.requests, self.bad = read_requests(open_input(input_name), fmt)
         self.output = Path(output).expanduser()
+        self.errors_path = Path(errors).expanduser() if errors else errors_path_for(self.output)
+        check_paths(input_name, self.output, self.errors_path)
+        self.requests, self.bad = read_requests(open_input(input_name), fmt)
         if self.output.exists() and self.output.stat().st_size > 0 and not resume:
             raise DGemmaError(
                 f"{self.output} already has results: pass --resume to continue it, or remove it"
             )
-        done = completed_ids(self.output) if resume else set()
-        self.todo = [r for r in self.requests if r.key not in done]
-        self.errors_path = errors or errors_path_for(self.output)
-        self.jobs: list[Job] = []
+        written = completed_rows(self.output) if resume else {}
+        check_resume(self.requests, written, self.output)
+        self.done = set(written)
+        self.todo = [r for r in self.requests if r.key not in self.done]
+        self.jobs: list[Job] = []  # the jobs still to write
+        self.all_jobs: list[Job] = []  # every runnable job, written ones included: the batch plan
         self.written = 0
         self.cut_short = 0
 
@@ -381,8 +473,13 @@ class BatchRun:
         chat_template: bool = True,
         system: str | None = None,
     ) -> list[BadLine]:
-        """Render every prompt; returns every line that cannot run (also written to the errors file)."""
-        self.jobs, unrunnable = prepare(model, tokenizer, self.todo, overrides, chat_template, system)
+        """Render every prompt; returns every line that cannot run (also written to the errors file).
+
+        Requests already written are rendered too: the batch plan covers them (see the module docstring).
+        """
+        self.all_jobs, unrunnable = prepare(model, tokenizer, self.requests, overrides, chat_template, system)
+        self.jobs = [job for job in self.all_jobs if job.request.key not in self.done]
+        unrunnable = [b for b in unrunnable if id_key(b.id) not in self.done]
         self.bad = sorted(self.bad + unrunnable, key=lambda b: b.line)
         write_errors(self.errors_path, self.bad)
         return self.bad
@@ -390,7 +487,7 @@ class BatchRun:
     def run(self, model: Any, tokenizer: Any, batch_size: int = 4, seed: int | None = None) -> Iterator[dict]:
         """Generate the prepared jobs, appending and fsyncing each row as it completes; yields the rows."""
         with ResultWriter(self.output) as writer:
-            for row in run_batches(model, tokenizer, self.jobs, writer, batch_size, seed):
+            for row in run_batches(model, tokenizer, self.all_jobs, writer, batch_size, seed, self.done):
                 self.written = writer.written
                 self.cut_short += not row["finished"]
                 yield row

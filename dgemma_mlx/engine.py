@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from .cache import PromptCache
+from .checks import finite_logits
 from .errors import DGemmaError
 from .events import (
     CanvasEvent,
@@ -275,6 +276,8 @@ def denoise_pass(
         done = done | canvas.stop_rule(draft, ent)
     canvas.self_conditioning = z.astype(model.dtype)
     mx.eval(x, draft, done, accepted, ent, confidence)
+    if canvas.passes == 1:
+        finite_logits(raw)
     changed = np.array(draft != canvas.draft)
     canvas.x, canvas.draft, canvas.done = x, draft, done
     canvas.done_np = np.array(done)

@@ -8,7 +8,9 @@ value is a one-line error before any compute is spent.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,28 +78,14 @@ class GenerationConfig:
         return new
 
     def validate(self) -> None:
-        def fail(msg: str) -> None:
-            raise DGemmaError(f"invalid generation config: {msg}")
-
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
-            fail(f"max_new_tokens must be an integer > 0 (got {self.max_new_tokens!r})")
-        if not isinstance(self.max_denoising_steps, int) or self.max_denoising_steps <= 0:
-            fail(f"max_denoising_steps must be an integer > 0 (got {self.max_denoising_steps!r})")
-        if not isinstance(self.entropy_bound, int | float) or self.entropy_bound <= 0:
-            fail(f"entropy_bound must be a number > 0 (got {self.entropy_bound!r})")
-        if self.t_min is not None and self.t_max is not None:
-            if self.t_min < 0 or self.t_max < 0:
-                fail("t_min and t_max must be >= 0")
-            if self.t_max <= self.t_min:
-                fail(f"t_max ({self.t_max}) must be greater than t_min ({self.t_min})")
-        if self.stability_threshold is not None and (
-            not isinstance(self.stability_threshold, int) or self.stability_threshold < 0
-        ):
-            fail(f"stability_threshold must be an integer >= 0 (got {self.stability_threshold!r})")
-        if self.confidence_threshold is not None and self.confidence_threshold <= 0:
-            fail(f"confidence_threshold must be > 0 (got {self.confidence_threshold!r})")
-        if self.max_length is not None and self.max_length <= 0:
-            fail(f"max_length must be > 0 (got {self.max_length!r})")
+        """Every field checked alone (finite numbers in range, integers that are not booleans), then
+        the pairs; the one place every path (library, CLI flags, /params, batch JSON, the checkpoint's
+        generation_config.json) goes through."""
+        check_fields(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if self.t_min is not None and self.t_max is not None and self.t_max <= self.t_min:
+            raise DGemmaError(
+                f"invalid generation config: t_max ({self.t_max}) must be greater than t_min ({self.t_min})"
+            )
 
     @property
     def uses_temperature(self) -> bool:
@@ -112,6 +100,50 @@ class GenerationConfig:
         if out["eos_token_id"] is not None:
             out["eos_token_id"] = list(out["eos_token_id"])
         return out
+
+
+def _integer(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _number(value: Any, minimum: float, inclusive: bool) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return value >= minimum if inclusive else value > minimum
+
+
+# Each field's rule and how it reads in a message: (check, description, may be None).
+_RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
+    "max_new_tokens": (lambda v: _integer(v, 1), "an integer >= 1", False),
+    "max_denoising_steps": (lambda v: _integer(v, 1), "an integer >= 1", False),
+    "entropy_bound": (lambda v: _number(v, 0, False), "a finite number > 0", False),
+    "t_min": (lambda v: _number(v, 0, True), "a finite number >= 0 (or none)", True),
+    "t_max": (lambda v: _number(v, 0, True), "a finite number >= 0 (or none)", True),
+    "stability_threshold": (lambda v: _integer(v, 0), "an integer >= 0 (or none)", True),
+    "confidence_threshold": (lambda v: _number(v, 0, False), "a finite number > 0 (or none)", True),
+    "eos_token_id": (
+        lambda v: isinstance(v, list | tuple) and all(_integer(i, 0) for i in v),
+        "a list of integers >= 0 (or none)",
+        True,
+    ),
+    "pad_token_id": (lambda v: _integer(v, 0), "an integer >= 0 (or none)", True),
+    "max_length": (lambda v: _integer(v, 1), "an integer >= 1 (or none)", True),
+}
+
+
+def check_fields(**values: Any) -> None:
+    """Check each given generation parameter on its own (no cross-field rules), e.g. command-line flags
+    before the checkpoint's defaults are known. Raises a one-line DGemmaError naming the allowed range."""
+    for name, value in values.items():
+        rule = _RULES.get(name)
+        if rule is None:
+            raise DGemmaError(f"unknown generation parameter: {name}")
+        check, allowed, optional = rule
+        if value is None and optional:
+            continue
+        if value is None or not check(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise DGemmaError(f"invalid generation config: {name} must be {allowed} (got {shown!r})")
 
 
 # Names people type (as on the command line) for generation_config.json's own names.

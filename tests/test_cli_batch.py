@@ -138,6 +138,7 @@ def test_batch_reports_malformed_lines_and_writes_the_rest(model_dir, tmp_path):
     assert len(rows[5]["tokens"]) <= 8
     assert set(rows[1]) == {
         "id",
+        "prompt_sha",
         "text",
         "finished",
         "tokens",
