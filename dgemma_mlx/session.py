@@ -9,7 +9,7 @@ back to encoding the whole conversation, which is always correct.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,31 @@ class ChatSession:
                 self.messages = [*pending, {"role": "assistant", "content": content}]
                 self._cache, self._cached_ids = cache, ids
             yield event
+
+    def keep_partial(self, user_text: str, committed_ids: Sequence[int]) -> int:
+        """Keep an interrupted turn: the user message and the answer's committed tokens so far, as
+        llama.cpp and ollama keep a stopped answer. Returns how many tokens were kept.
+
+        `committed_ids` are the tokens of the `CanvasEvent`s seen (pads and anything after an EOS are
+        dropped). The answer is stored as its tokens read back, like a finished turn. Nothing is kept
+        when no answer text was committed (an empty or thoughts-only start): a user turn without an
+        answer would break the template's alternation, so the turn is dropped as before. The cache of
+        the interrupted turn is never kept: the next turn re-renders and encodes what the cache lacks.
+        """
+        eos, pad = self.tokenizer.eos_token_ids, self.tokenizer.pad_token_id
+        ids: list[int] = []
+        for token in map(int, committed_ids):
+            if token in eos:
+                break
+            if token != pad:
+                ids.append(token)
+        _, answer = self.tokenizer.split_thinking(self.tokenizer.decode(ids, skip_special_tokens=False))
+        content = self.tokenizer.decode(self.tokenizer.encode(answer, add_special_tokens=False)).strip()
+        if not ids or not content:
+            return 0
+        user = {"role": "user", "content": user_text}
+        self.messages = [*self.messages, user, {"role": "assistant", "content": content}]
+        return len(ids)
 
     def ask(self, user_text: str, **overrides: Any) -> str:
         """Blocking convenience: the answer's text."""

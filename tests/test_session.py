@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_models import GENERATION
 
-from dgemma_mlx import DGemmaError, FinishEvent, PassEvent, generate, load, stream_generate
+from dgemma_mlx import CanvasEvent, DGemmaError, FinishEvent, PassEvent, generate, load, stream_generate
 from dgemma_mlx.session import ChatSession
 
 
@@ -130,3 +130,54 @@ def test_a_turn_goes_through_the_front_door(chat_model, monkeypatch):
     assert result.stats.peak_memory_gb > 0 and result.finish_reasons[0] in ("eos", "length")
     assert result.answer == tokenizer.split_thinking(tokenizer.decode(result.new_tokens[0], False))[1]
     assert session.messages[-1]["content"] == tokenizer.decode(tokenizer.encode(result.answer, False)).strip()
+
+
+def test_interrupted_turn_keeps_its_committed_tokens(chat_model, monkeypatch):
+    """Ctrl-C after the first canvas of a longer answer (#22): the user turn and the committed tokens
+    stay in the history; the interrupted turn's cache does not, and the next turn encodes only what the
+    kept cache lacks."""
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, seed=1)
+    session.config = session.config.replace_explicit(eos_token_id=None, stability_threshold=None)
+    session.ask("Hi")
+    messages, cached = list(session.messages), session.cached_tokens
+    stream = session.stream("Tell me a long story", max_new_tokens=3 * model.canvas_length)
+    committed = None
+    for event in stream:
+        if isinstance(event, CanvasEvent):
+            committed = event.tokens[0].tolist()
+            break  # the user pressed Ctrl-C after the first canvas
+        assert not isinstance(event, FinishEvent)
+    stream.close()
+    assert committed is not None and len(committed) == model.canvas_length
+    assert session.messages == messages and session.cached_tokens == cached  # closing alone keeps nothing
+
+    kept = session.keep_partial("Tell me a long story", committed)
+    stop = set(tokenizer.eos_token_ids)
+    before_eos = committed[: next((k for k, t in enumerate(committed) if t in stop), len(committed))]
+    expected = [t for t in before_eos if t != tokenizer.pad_token_id]
+    answer = tokenizer.split_thinking(tokenizer.decode(expected, False))[1]
+    content = tokenizer.decode(tokenizer.encode(answer, False)).strip()
+    assert content  # seed 1 commits readable text on the first canvas
+    assert kept == len(expected) > 0
+    assert session.messages == [
+        *messages,
+        {"role": "user", "content": "Tell me a long story"},
+        {"role": "assistant", "content": content},
+    ]
+    assert session.cached_tokens == cached  # the interrupted turn's cache was not kept
+
+    calls = record_encodes(model, monkeypatch)
+    session.ask("Go on")
+    full_ids = session.render(session.messages[:-1])
+    assert calls[0] == len(full_ids) - cached  # only what the kept cache lacks was encoded
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * (len(session.messages) // 2)
+
+
+def test_keep_partial_with_nothing_committed_keeps_nothing(chat_model):
+    model, tokenizer = chat_model
+    session = ChatSession(model, tokenizer, seed=1)
+    assert session.keep_partial("Hi", []) == 0 and session.messages == []
+    eos = min(tokenizer.eos_token_ids)
+    assert session.keep_partial("Hi", [eos, *tokenizer.encode("hello", False)]) == 0  # after EOS: nothing
+    assert session.messages == []
