@@ -123,8 +123,12 @@ class ModelConfig:
             raise DGemmaError(f"{source}: canvas_length must be a positive integer, got {canvas_length!r}")
         if raw.get("tie_word_embeddings", True) is False or text.get("tie_word_embeddings", True) is False:
             raise DGemmaError(f"{source}: untied word embeddings are not supported by DiffusionGemma")
+        try:
+            text_config = _parse_text_config(text, source)
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong type, hand-edited
+            raise DGemmaError(f"{source}: invalid text_config ({e})") from None
         return cls(
-            text=_parse_text_config(text, source),
+            text=text_config,
             canvas_length=canvas_length,
             dtype=raw.get("dtype") or raw.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype"),
             quantization=raw.get("quantization"),
@@ -135,6 +139,22 @@ class ModelConfig:
     def from_file(cls, path: str | Path) -> ModelConfig:
         raw = read_json_object(path, missing="not found (a model directory needs config.json)")
         return cls.from_dict(raw, source=str(path))
+
+
+def _count(t: dict[str, Any], key: str, source: str) -> int:
+    """A size from text_config: a positive integer, or a one-line error naming the key (never a
+    ValueError from int() on a hand-edited config)."""
+    value = t[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DGemmaError(f"{source}: text_config.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive(t: dict[str, Any], key: str, source: str) -> float:
+    value = t[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise DGemmaError(f"{source}: text_config.{key} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
@@ -155,8 +175,11 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
     if t["attention_bias"]:
         raise DGemmaError(f"{source}: attention_bias=true is not supported")
 
-    n_layers = int(t["num_hidden_layers"])
-    layer_types = list(t.get("layer_types") or [])
+    n_layers = _count(t, "num_hidden_layers", source)
+    layer_types = t.get("layer_types") or []
+    if not isinstance(layer_types, list) or not all(isinstance(x, str) for x in layer_types):
+        raise DGemmaError(f"{source}: text_config.layer_types must be a list of layer type names")
+    layer_types = list(layer_types)
     if not layer_types:
         layer_types = [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(n_layers)]
     if len(layer_types) != n_layers:
@@ -166,35 +189,38 @@ def _parse_text_config(text: dict[str, Any], source: str) -> TextConfig:
     layer_types[-1] = FULL  # the reference forces this even when layer_types is explicit
 
     head_dims, kv_heads = _per_layer_geometry(t, layer_types, source)
-    n_heads = int(t["num_attention_heads"])
+    n_heads = _count(t, "num_attention_heads", source)
     for i, k in enumerate(kv_heads):
         if k <= 0 or n_heads % k:
             raise DGemmaError(
                 f"{source}: layer {i} has {k} KV heads, which must divide {n_heads} query heads"
             )
 
-    rope = {**DEFAULT_ROPE, **(t.get("rope_parameters") or {})}
+    rope_given = t.get("rope_parameters") or {}
+    if not isinstance(rope_given, dict) or not all(isinstance(v, dict) for v in rope_given.values()):
+        raise DGemmaError(f"{source}: text_config.rope_parameters must map layer types to objects")
+    rope = {**DEFAULT_ROPE, **rope_given}
     eos = t["eos_token_id"]
     eos_ids = tuple(eos) if isinstance(eos, list | tuple) else ((eos,) if eos is not None else ())
-    if int(t["top_k_experts"]) > int(t["num_experts"]):
+    if _count(t, "top_k_experts", source) > _count(t, "num_experts", source):
         raise DGemmaError(f"{source}: top_k_experts exceeds num_experts")
     return TextConfig(
-        vocab_size=int(t["vocab_size"]),
-        hidden_size=int(t["hidden_size"]),
-        intermediate_size=int(t["intermediate_size"]),
-        moe_intermediate_size=int(t["moe_intermediate_size"]),
+        vocab_size=_count(t, "vocab_size", source),
+        hidden_size=_count(t, "hidden_size", source),
+        intermediate_size=_count(t, "intermediate_size", source),
+        moe_intermediate_size=_count(t, "moe_intermediate_size", source),
         num_hidden_layers=n_layers,
         num_attention_heads=n_heads,
-        num_experts=int(t["num_experts"]),
-        top_k_experts=int(t["top_k_experts"]),
+        num_experts=_count(t, "num_experts", source),
+        top_k_experts=_count(t, "top_k_experts", source),
         layer_types=tuple(layer_types),
         head_dims=tuple(head_dims),
         kv_heads=tuple(kv_heads),
-        sliding_window=int(t["sliding_window"]),
-        rms_norm_eps=float(t["rms_norm_eps"]),
+        sliding_window=_count(t, "sliding_window", source),
+        rms_norm_eps=_positive(t, "rms_norm_eps", source),
         final_logit_softcapping=t.get("final_logit_softcapping"),
         rope_parameters={k: dict(v) for k, v in rope.items()},
-        max_position_embeddings=int(t["max_position_embeddings"]),
+        max_position_embeddings=_count(t, "max_position_embeddings", source),
         pad_token_id=t["pad_token_id"],
         bos_token_id=t["bos_token_id"],
         eos_token_id=eos_ids,

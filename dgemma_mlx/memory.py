@@ -50,12 +50,20 @@ def tensor_bytes(header: Mapping[str, Any]) -> int:
 
 
 def loaded_weight_bytes(model_dir: Path) -> int:
-    """Bytes of the tensors loading maps, from the safetensors headers alone; a shard whose header
-    cannot be read counts whole (loading reports it)."""
-    from .loading import safetensors_header
+    """Bytes of the tensors loading maps, from the safetensors headers alone.
 
+    The shards are the ones loading reads (`loading.weight_files`: names checked to stay inside the
+    model), so the guard never reads a file loading would refuse; a shard whose header cannot be read
+    counts whole (loading reports it), and a directory loading would refuse counts nothing.
+    """
+    from .loading import safetensors_header, weight_files
+
+    try:
+        shards = weight_files(Path(model_dir))
+    except DGemmaError:
+        return 0
     total = 0
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
+    for f in shards:
         try:
             total += tensor_bytes(safetensors_header(f))
         except DGemmaError:

@@ -24,6 +24,15 @@ from .jsonfile import read_json_object_or_empty
 
 # Files that make a directory a tokenizer directory (any one is enough for AutoTokenizer to try).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# Other files the tokenizer loader may open by their fixed names.
+TOKENIZER_SIDE_FILES = (
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+    "config.json",
+)
 
 # Gemma-4 thinking delimiters (docs/ARCHITECTURE.md, "Chat template and thinking"): the model writes
 # `<|channel>thought\n...<channel|>` before its answer when the system turn starts with `<|think|>`.
@@ -237,6 +246,11 @@ def load_tokenizer(model_dir: Path | str) -> Tokenizer:
         raise DGemmaError(f"{model_dir}: not a directory, so there is no tokenizer to load")
     if not has_tokenizer(model_dir):
         raise DGemmaError(f"no tokenizer in {model_dir}: expected one of {', '.join(TOKENIZER_FILES)}")
+    from .loading import checked_model_file
+
+    for name in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES):  # what transformers opens: inside, regular
+        if (model_dir / name).exists() or (model_dir / name).is_symlink():
+            checked_model_file(model_dir, name)
     # mlx-lm's own loader, not `mlx_lm.utils.load_tokenizer`: that one would try the hub for a
     # missing path and probe config.json for an mlx-lm model class DiffusionGemma does not have.
     from mlx_lm.tokenizer_utils import load as mlx_lm_load_tokenizer

@@ -137,3 +137,29 @@ def test_generation_config_validation(override, message):
     with pytest.raises(DGemmaError, match=None) as err:
         GenerationConfig().replace(**override)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("num_hidden_layers", "four"),
+        ("num_hidden_layers", 0),
+        ("hidden_size", True),
+        ("vocab_size", 12.5),
+        ("layer_types", 5),
+        ("layer_types", [1, 2, 3]),
+        ("rms_norm_eps", "tiny"),
+        ("head_dim", "eight"),
+        ("rope_parameters", [1]),
+        ("sliding_window", -1),
+    ],
+)
+def test_wrong_types_in_text_config_are_one_line_errors(tiny_checkpoint, key, value):
+    """A hand-edited config.json: every wrong type is one line naming the file, never a ValueError."""
+    import json
+
+    raw = json.loads((tiny_checkpoint / "config.json").read_text())
+    raw["text_config"][key] = value
+    with pytest.raises(DGemmaError, match="config.json") as exc:
+        ModelConfig.from_dict(raw, source="config.json")
+    assert "\n" not in str(exc.value)

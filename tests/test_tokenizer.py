@@ -246,3 +246,20 @@ def test_broken_tokenizer_is_a_one_line_error(tmp_path):
     with pytest.raises(DGemmaError, match="could not load the tokenizer") as exc:
         load_tokenizer(tmp_path)
     assert str(tmp_path) in assert_one_line(exc)
+
+
+@pytest.mark.parametrize("hostile", ["fifo", "outside"])
+def test_tokenizer_files_must_be_regular_files_inside_the_model(tmp_path, hostile):
+    """A FIFO named tokenizer.json must not hang the loader; a symlink out of the model is not read."""
+    import os
+
+    model = write_tiny_tokenizer(tmp_path / "m")
+    (model / "tokenizer.json").unlink()
+    if hostile == "fifo":
+        os.mkfifo(model / "tokenizer.json")
+    else:
+        outside = write_tiny_tokenizer(tmp_path / "elsewhere")
+        (model / "tokenizer.json").symlink_to(outside / "tokenizer.json")
+    with pytest.raises(DGemmaError) as exc:
+        load_tokenizer(model)
+    assert "tokenizer.json" in assert_one_line(exc)
