@@ -73,7 +73,8 @@ def no_network(monkeypatch, tmp_path) -> Path:
 
 
 def one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
+    """The one error line; the `loading MODEL…` notice before it is progress, not part of the error."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("loading ")]
     assert len(lines) == 1, text
     return lines[0]
 
