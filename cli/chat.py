@@ -1,8 +1,10 @@
 """The `dgemma chat` REPL: one ChatSession (one encoder cache), slash commands, readline history.
 
 Each turn only encodes what the cache has not seen (the session does that); this module only reads
-lines, dispatches slash commands and shows answers. Ctrl-C during an answer abandons that answer and
-returns to the prompt with the history as it was; Ctrl-C at the prompt clears the line; Ctrl-D quits.
+lines, dispatches slash commands and shows answers. Ctrl-C during an answer stops it, keeps the user turn
+and the answer's committed tokens in the history (as llama.cpp and ollama do) and returns to the prompt;
+Ctrl-C at the prompt clears the line; Ctrl-D quits. Keys typed during an answer are neither echoed
+(they would break the live view) nor sent.
 Answers go to stdout; the live view, thinking, stats and notices go to stderr.
 """
 
@@ -11,14 +13,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TextIO
 
 from rich.console import Console
 from rich.text import Text
 
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.events import FinishEvent, GenerationResult
+from dgemma_mlx.events import CanvasEvent, FinishEvent, GenerationResult
 from dgemma_mlx.generation_config import parse_overrides
 from dgemma_mlx.session import ChatSession
 
@@ -37,6 +41,38 @@ COMMANDS = {
     "/load FILE": "continue a saved conversation",
     "/quit": "leave (or Ctrl-D)",
 }
+
+
+@contextlib.contextmanager
+def echo_off(stream: TextIO | None) -> Iterator[None]:
+    """The terminal on `stream` does not echo typed keys inside the block; settings restored on any exit
+    (Ctrl-C included). Nothing happens off a terminal, without termios (not POSIX) or for None.
+
+    Echoed keys (an Enter above all) move the cursor under Rich's live view, which then redraws from the
+    wrong line and leaves stale frames behind. Keys typed inside the block are discarded when it ends
+    (TCSAFLUSH): the user never saw them, so they are not sent as the next message.
+    """
+    try:
+        import termios
+    except ImportError:  # not POSIX: nothing to switch off
+        termios = None  # type: ignore[assignment]
+    fd, saved = None, None
+    if termios is not None and stream is not None:
+        try:
+            if stream.isatty():
+                fd = stream.fileno()
+                saved = termios.tcgetattr(fd)
+                quiet = list(saved)
+                quiet[3] &= ~(termios.ECHO | termios.ECHONL)
+                termios.tcsetattr(fd, termios.TCSADRAIN, quiet)
+        except (OSError, ValueError, AttributeError, termios.error):
+            fd, saved = None, None
+    try:
+        yield
+    finally:
+        if termios is not None and fd is not None and saved is not None:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSAFLUSH, saved)
 
 
 def history_path() -> Path:
@@ -131,23 +167,42 @@ class ChatRepl:
 
     # -- one turn ------------------------------------------------------------------------------------
     def answer(self, text: str) -> None:
-        """Stream one answer; Ctrl-C abandons it and leaves history and cache as they were."""
+        """Stream one answer; Ctrl-C stops it and keeps what was committed (`ChatSession.keep_partial`).
+
+        While the answer streams, the terminal does not echo keystrokes (`echo_off`), so typing cannot
+        break the live view; what was typed meanwhile is discarded, not sent unseen.
+        """
         stream = self.session.stream(text)
         final = None
+        committed: list[int] = []
+        before = len(self.session.messages)
         view = make_view(self.view_kind, self.err, self.session.tokenizer, title="dgemma")
         try:
-            with view:
+            with echo_off(sys.stdin if self.interactive else None), view:
                 for event in stream:
                     view.handle(event)
-                    if isinstance(event, FinishEvent):
+                    if isinstance(event, CanvasEvent):
+                        committed.extend(int(t) for t in event.tokens[0])
+                    elif isinstance(event, FinishEvent):
                         final = event.result
         except KeyboardInterrupt:
             stream.close()
             if final is None:
-                say(self.err, "⏹ answer interrupted (history kept, this turn dropped)", style="yellow")
+                self.interrupted(text, committed, finished=len(self.session.messages) != before)
                 return
         if final is not None:
             self.show_answer(final)
+
+    def interrupted(self, text: str, committed: list[int], finished: bool) -> None:
+        """Ctrl-C during an answer: keep the user turn and the committed part of the answer, if any."""
+        kept = 0 if finished else self.session.keep_partial(text, committed)
+        if finished:
+            message = "⏹ answer interrupted after it was complete (kept in the history)"
+        elif kept:
+            message = f"⏹ answer interrupted: kept the {kept} committed tokens in the history"
+        else:
+            message = "⏹ answer interrupted before any text was committed (this turn dropped)"
+        say(self.err, message, style="yellow")
 
     # -- slash commands ------------------------------------------------------------------------------
     def session_file(self, name: str, args: str) -> None:

@@ -170,9 +170,12 @@ def test_chat_in_a_real_terminal_two_turns_then_ctrl_c(model_dir, tmp_path, term
     term.wait_for(lambda s: s.rstrip().endswith("you> Tell me everything"), "history recall")
     term.send("C-u")
     term.send(f"/save {saved}", "Enter")
-    term.wait_for(lambda s: "saved 4 messages" in s, "the save")
+    # Ctrl-C after a canvas was committed keeps the question and the committed part of the answer (#22)
+    kept = "committed tokens in the history" in after
+    term.wait_for(lambda s: f"saved {6 if kept else 4} messages" in s, "the save")
     messages = json.loads(saved.read_text())["messages"]
-    assert [m["content"] for m in messages[::2]] == ["Hello there", "How are you?"]
+    asked = ["Hello there", "How are you?"] + (["Tell me everything"] if kept else [])
+    assert [m["content"] for m in messages[::2]] == asked
     term.send("C-d")
     term.wait_for(lambda s: "EXIT=0" in s, "a clean exit on Ctrl-D", timeout=30)
     assert "Hello there" in (tmp_path / ".dgemma_history").read_text()
@@ -190,3 +193,105 @@ def test_generate_in_a_real_terminal_with_stdout_redirected(model_dir, tmp_path,
     assert "EXIT=0" in screen and "tokens/forward" in screen and "peak memory" in screen
     answer = out.read_text()
     assert answer.strip() and answer.count("\n") == 1 and "\x1b" not in answer
+
+
+# -- Ctrl-C keeps the committed part; typing does not echo into the live view (#22) --------------------
+def test_echo_off_restores_the_terminal_even_on_ctrl_c():
+    import termios
+
+    from dgemma_mlx.cli.chat import echo_off
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "r", closefd=False) as tty:
+            before = termios.tcgetattr(slave)
+            assert before[3] & termios.ECHO
+            with echo_off(tty):
+                assert not termios.tcgetattr(slave)[3] & termios.ECHO
+                assert termios.tcgetattr(slave)[3] & termios.ISIG  # Ctrl-C still interrupts
+            assert termios.tcgetattr(slave) == before
+            with pytest.raises(KeyboardInterrupt), echo_off(tty):
+                raise KeyboardInterrupt
+            assert termios.tcgetattr(slave) == before
+    finally:
+        os.close(master)
+        os.close(slave)
+    with echo_off(None), echo_off(sys.stdin if not sys.stdin.isatty() else None):
+        pass  # off a terminal: nothing to do, nothing raised
+
+
+def test_ctrl_c_after_a_canvas_keeps_the_committed_tokens(model_dir, monkeypatch):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dgemma_mlx.cli.chat import ChatRepl
+    from dgemma_mlx.events import CanvasEvent
+
+    model, tokenizer = load(model_dir)
+    session = ChatSession(model, tokenizer, seed=0)
+    session.config = session.config.replace_explicit(eos_token_id=None, stability_threshold=None)
+    session.set_params(max_new_tokens=4 * model.canvas_length)
+    real_stream = session.stream
+    seen: list[list[int]] = []
+
+    def interrupted_after_first_canvas(text):
+        for event in real_stream(text):
+            yield event
+            if isinstance(event, CanvasEvent):
+                seen.append(event.tokens[0].tolist())
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(session, "stream", interrupted_after_first_canvas)
+    out, err = StringIO(), StringIO()
+    repl = ChatRepl(session, Console(file=out), Console(file=err), "plain", interactive=False)
+    repl.answer("Tell me a story")
+    assert len(seen) == 1
+    kept = re.search(r"answer interrupted: kept the (\d+) committed tokens", err.getvalue())
+    assert kept, err.getvalue()
+    assert int(kept.group(1)) == len(seen[0]) - sum(t == tokenizer.pad_token_id for t in seen[0])
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
+    assert session.messages[0]["content"] == "Tell me a story" and session.messages[1]["content"]
+    assert out.getvalue() == ""  # nothing shown as if it were a complete answer
+    monkeypatch.setattr(session, "stream", real_stream)
+    session.set_params(max_new_tokens=model.canvas_length)
+    repl.answer("Go on")  # the session goes on from the kept history
+    assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
+
+
+NEVER = 98  # `<|think|>` as the only EOS: this seeded conversation does not write it (checked)
+
+
+def test_typing_during_an_answer_does_not_reach_the_live_view(model_dir, tmp_path, term):
+    env = f"HOME={shlex.quote(str(tmp_path))} DGEMMA_MODEL={shlex.quote(str(model_dir))}"
+    stty = "stty -a | tr ' ;' '\\n\\n' | grep -x -- '-*echo'"
+    term.start(f"{env} {DGEMMA_SHELL} chat --seed 0; {stty}")
+    term.wait_for(lambda s: "dgemma chat" in s and at_prompt(s), "the banner and prompt")
+    term.send("Hello there", "Enter")
+    term.wait_for(lambda s: s.count("dgemma>") == 1 and at_prompt(s), "answer 1")
+    term.send("How are you?", "Enter")
+    term.wait_for(lambda s: s.count("dgemma>") == 2 and at_prompt(s), "answer 2")
+    # an answer that runs for minutes: a huge budget, 48 passes a canvas, and an EOS id it never writes
+    term.send(f"/params max_tokens=100000 steps=48 eos_token_id={NEVER} stability_threshold=none", "Enter")
+    term.wait_for(lambda s: "max_new_tokens = 100000" in s and at_prompt(s), "the new parameters")
+    term.send("Tell me everything", "Enter")
+    term.wait_for(lambda s: re.search(r"canvas \d+ · pass \d+/48", s), "the live view")
+    for _ in range(3):  # typed while the answer streams, Enter included: echoed, each moves the cursor
+        term.send("-l", "zqzqzq")
+        term.send("Enter")
+        time.sleep(0.3)
+    during = term.screen()
+    assert during.count("dgemma>") == 2, during  # the third answer is still streaming
+    assert "zqzqzq" not in during, during
+    assert len(re.findall(r"canvas \d+ · pass \d+/48", during)) == 1, during  # no stale frames left
+    assert during.count("still noise") == 1, during
+    term.send("C-c")
+    after = term.wait_for(lambda s: "answer interrupted" in s and at_prompt(s), "the interrupt")
+    time.sleep(0.5)
+    after = term.screen()
+    assert at_prompt(after) and "zqzqzq" not in after  # what was typed unseen is not sent
+    assert after.count("dgemma>") == 2
+    term.send("C-u")
+    term.send("C-d")
+    end = term.wait_for(lambda s: "EXIT=" in s, "the end of the run", timeout=30)
+    assert re.search(r"^echo$", end, re.M), end  # echo is back on after the chat
