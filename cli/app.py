@@ -177,15 +177,16 @@ def batch(
     Malformed lines are reported with their line numbers (exit status 1) while the rest run.
     """
     with user_errors():
-        from dgemma_mlx import load
-        from dgemma_mlx.batch import BatchRun
-        from dgemma_mlx.generation_config import check_fields
+        from dgemma_mlx.batch import BatchRun  # reads and checks the files; no model stack yet
 
         from .view import BatchProgress
 
-        check_fields(**flags.overrides)  # a bad flag is one line, not every input line in the errors file
         job = BatchRun(input_name, output, input_format.value, resume, errors)
-        model_obj, tokenizer = load(resolve_model(model), force=force)
+        chosen = resolve_model(model)
+        with loading(chosen):
+            from dgemma_mlx import load
+
+            model_obj, tokenizer = load(chosen, force=force)
         for bad in job.prepare(model_obj, tokenizer, flags.overrides, chat_template, system):
             say(stderr, f"skipped {bad}", style="yellow")
         with BatchProgress(stderr, len(job.jobs)) as progress:

@@ -57,10 +57,6 @@ def convert_command(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it already exists."),
 ) -> None:
     """Convert a Hugging Face DiffusionGemma checkpoint to MLX (4-bit by default), in bounded memory."""
-    # The pipeline imports MLX and mlx-lm: only a conversion pays for that, not `dgemma --help`.
-    from dgemma_mlx.convert import api
-    from dgemma_mlx.convert.report import report
-
     settings = {
         "bits": bits,
         "group_size": group_size,
@@ -70,6 +66,14 @@ def convert_command(
         "recipe": recipe,
     }
     with user_errors(interrupted="interrupted: no output written"):
+        from dgemma_mlx.hub import looks_like_repo, resolve_model_path
+
+        if not looks_like_repo(source):
+            resolve_model_path(source)  # a mistyped local path answers now, before the heavy imports
+        # The pipeline imports MLX and mlx-lm: only a conversion pays for that, not `dgemma --help`.
+        from dgemma_mlx.convert import api
+        from dgemma_mlx.convert.report import report
+
         if output is None:
             output = default_output(source, bits, mode, dtype, no_quantize, recipe)
             if not dry_run:

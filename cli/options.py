@@ -115,7 +115,8 @@ def with_generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command the shared generation options; it receives them as `flags: GenerationFlags`.
 
     Typer builds options from the signature, so the wrapper shows Typer the command's own
-    parameters (minus `flags`) followed by the shared ones, and folds those back into one object.
+    parameters (minus `flags`) followed by the shared ones, and folds those back into one object,
+    checked (`check_fields`) before the command reads a file or imports the model stack.
     """
     own = inspect.signature(command, eval_str=True)
     kept = [p for p in own.parameters.values() if p.name != "flags"]
@@ -126,7 +127,11 @@ def with_generation_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        from dgemma_mlx.generation_config import check_fields  # plain Python: no model stack
+
         flags = GenerationFlags(**{name: kwargs.pop(name) for name in _FLAG_OPTIONS})
+        with user_errors():  # a bad value (nan, a negative bound) is one line before anything is read
+            check_fields(**flags.overrides)
         return command(**kwargs, flags=flags)
 
     wrapper.__signature__ = own.replace(parameters=kept + added)  # type: ignore[attr-defined]

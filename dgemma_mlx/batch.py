@@ -39,7 +39,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .api import prompt_to_ids, resolve_config, stream_generate
 from .errors import DGemmaError
 from .events import CanvasEvent, FinishEvent, GenerationResult, RowResult
 from .generation_config import GenerationConfig
@@ -330,6 +329,8 @@ def write_errors(path: Path, bad: list[BadLine]) -> None:
 
 
 def errors_path_for(out: Path) -> Path:
+    if out.is_dir() or not out.name:  # `-o .` or `-o some/dir/`: there is no file name to build on
+        raise DGemmaError(f"{out}: the output (-o) is a directory; name a file")
     stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(f"{stem}.errors.jsonl")
 
@@ -349,6 +350,8 @@ def prepare(
     (t_min above its t_max), make a bad line rather than failing a whole batch later.
     """
     jobs, bad = [], []
+    from .api import prompt_to_ids, resolve_config  # the model stack: not needed to check the files
+
     base = resolve_config(model, tokenizer)
     for r in requests:
         overrides = {**(base_overrides or {}), **r.overrides}
@@ -391,6 +394,8 @@ def result_row(result: GenerationResult, b: int) -> dict[str, Any]:
 def generate_batch(model: Any, tokenizer: Any, batch: list[Job], seed: int | None = None) -> Iterator[dict]:
     """Generate one batch, yielding each row's record (with its `id`) the moment the row is final."""
     overrides = batch[0].overrides
+    from .api import stream_generate
+
     events = stream_generate(model, tokenizer, [job.ids for job in batch], seed=seed, **overrides)
     written = set()
     for event in events:

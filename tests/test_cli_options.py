@@ -44,3 +44,16 @@ def test_one_parser_for_chat_params_and_benchmark_settings():
         parse_overrides("steps=zero")
     with pytest.raises(DGemmaError, match="key=value"):
         parse_overrides("steps")
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "batch"])
+@pytest.mark.parametrize("flag, value", [("--entropy-bound", "nan"), ("--t-min", "-1"), ("--t-max", "inf")])
+def test_a_bad_generation_flag_is_refused_before_anything_is_read(tmp_path, command, flag, value):
+    """The shared options are checked first: the error names the flag's value, not the missing model."""
+    batch = [str(tmp_path / "in.txt"), "-o", str(tmp_path / "o")]
+    args = {"generate": ["-p", "hi"], "chat": [], "batch": batch}
+    result = CliRunner().invoke(app, [command, *args[command], "-m", "/nonexistent", flag, value])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert flag.lstrip("-").replace("-", "_") in lines[0] and "/nonexistent" not in lines[0]
+    assert list(tmp_path.iterdir()) == []

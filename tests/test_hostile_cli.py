@@ -53,6 +53,12 @@ TYPOS = [
     (("sudoku", "--model", "/nonexistent"), 1, "/nonexistent: no such model directory"),
     (("generate", "--max-tokens", "0", "-p", "x"), 2, "--max-tokens"),
     (("models", "--bogus"), 2, "--bogus"),
+    (("batch", "missing.jsonl", "-o", "out.jsonl", "-m", "/nonexistent"), 1, "missing.jsonl: no such input"),
+    (("batch", ".", "-o", "out.jsonl"), 1, "is a directory"),
+    (("batch", "-", "-o", ".", "-m", "/nonexistent"), 1, "is a directory"),
+    (("generate", "-p", "x", "--entropy-bound", "nan"), 1, "entropy_bound must be a finite number"),
+    (("convert", "/nonexistent/x"), 1, "/nonexistent/x: no such model directory"),
+    (("convert", "./nosuch", "-o", "out"), 1, "./nosuch: no such model directory"),
 ]
 
 
