@@ -15,21 +15,11 @@ from tiny_models import word_chat_model
 from typer.testing import CliRunner
 
 from dgemma_mlx import batch as B
-from dgemma_mlx import generate, load
+from dgemma_mlx import generate
 from dgemma_mlx.cli.app import app
 
 ANSI = re.compile(r"\x1b[\[\]]")
 DGEMMA = [sys.executable, "-c", "from dgemma_mlx.cli.app import main; main()"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load(model_dir)
 
 
 def rows_in(path):

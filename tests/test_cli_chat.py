@@ -27,11 +27,6 @@ ANSI = re.compile(r"\x1b[\[\]]")
 PROMPT_TOKENS = re.compile(r"prompt (\d+) tokens")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-
-
 def chat(model_dir, script, *args):
     return CliRunner().invoke(app, ["chat", "-m", str(model_dir), "--seed", "0", *args], input=script)
 
@@ -147,15 +142,20 @@ def at_prompt(text):
     return text.rstrip().endswith("you>")
 
 
-def test_chat_in_a_real_terminal_two_turns_then_ctrl_c(model_dir, tmp_path, term):
-    saved = tmp_path / "chat.json"
+def two_turns(term, model_dir, tmp_path, after: str = "") -> None:
+    """Start `dgemma chat` in the terminal (then the shell command `after`) and answer two turns."""
     env = f"HOME={shlex.quote(str(tmp_path))} DGEMMA_MODEL={shlex.quote(str(model_dir))}"
-    term.start(f"{env} {DGEMMA_SHELL} chat --seed 0")
+    term.start(f"{env} {DGEMMA_SHELL} chat --seed 0{after}")
     term.wait_for(lambda s: "dgemma chat" in s and at_prompt(s), "the banner and prompt")
     term.send("Hello there", "Enter")
     term.wait_for(lambda s: s.count("dgemma>") == 1 and at_prompt(s), "answer 1")
     term.send("How are you?", "Enter")
     term.wait_for(lambda s: s.count("dgemma>") == 2 and at_prompt(s), "answer 2")
+
+
+def test_chat_in_a_real_terminal_two_turns_then_ctrl_c(model_dir, tmp_path, term):
+    saved = tmp_path / "chat.json"
+    two_turns(term, model_dir, tmp_path)
     # a third answer that would run for minutes (no EOS, huge budget): interrupt it mid-generation
     term.send("/params max_tokens=100000 steps=48 eos_token_id=none stability_threshold=none", "Enter")
     term.wait_for(lambda s: "max_new_tokens = 100000" in s and at_prompt(s), "the new parameters")
@@ -263,14 +263,8 @@ NEVER = 98  # `<|think|>` as the only EOS: this seeded conversation does not wri
 
 
 def test_typing_during_an_answer_does_not_reach_the_live_view(model_dir, tmp_path, term):
-    env = f"HOME={shlex.quote(str(tmp_path))} DGEMMA_MODEL={shlex.quote(str(model_dir))}"
     stty = "stty -a | tr ' ;' '\\n\\n' | grep -x -- '-*echo'"
-    term.start(f"{env} {DGEMMA_SHELL} chat --seed 0; {stty}")
-    term.wait_for(lambda s: "dgemma chat" in s and at_prompt(s), "the banner and prompt")
-    term.send("Hello there", "Enter")
-    term.wait_for(lambda s: s.count("dgemma>") == 1 and at_prompt(s), "answer 1")
-    term.send("How are you?", "Enter")
-    term.wait_for(lambda s: s.count("dgemma>") == 2 and at_prompt(s), "answer 2")
+    two_turns(term, model_dir, tmp_path, after=f"; {stty}")
     # an answer that runs for minutes: a huge budget, 48 passes a canvas, and an EOS id it never writes
     term.send(f"/params max_tokens=100000 steps=48 eos_token_id={NEVER} stability_threshold=none", "Enter")
     term.wait_for(lambda s: "max_new_tokens = 100000" in s and at_prompt(s), "the new parameters")

@@ -18,11 +18,6 @@ from dgemma_mlx.cli.app import app
 ANSI = re.compile(r"\x1b[\[\]]")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-
-
 @pytest.fixture()
 def run(model_dir):
     runner = CliRunner()

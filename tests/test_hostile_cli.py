@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import word_chat_model
 from typer.testing import CliRunner
 
 from dgemma_mlx.cli.app import app
@@ -22,11 +21,6 @@ PROBE = (
     f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
 )
 DGEMMA = str(Path(sys.executable).parent / "dgemma")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def probe(*argv: str, cwd: Path | None = None) -> tuple[int, str, list[str]]:

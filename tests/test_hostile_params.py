@@ -109,16 +109,6 @@ def test_chat_params_refuse_them(text, loaded):
 
 
 # -- through the model and the command line -------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return word_chat_model(tmp_path_factory.mktemp("tiny-chat"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
-    return load(model_dir)
-
-
 def one_line_error(result, *needles):
     assert result.exit_code in (1, 2), result.output
     assert "Traceback" not in result.output
