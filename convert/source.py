@@ -123,14 +123,17 @@ def present_side_files(directory: Path) -> tuple[Path, ...]:
 
 def check_side_files(directory: Path) -> None:
     """The tokenizer and template files are what they claim to be: each JSON side file one JSON
-    object, and every chat template (chat_template.jinja, or the one inside tokenizer_config.json or
-    chat_template.json) parses as Jinja. Run on the source before any work and on the output before
-    its rename, so a corrupt one is one line and never a finished-looking conversion."""
+    object, tokenizer.json one the tokenizers library can load, and every chat template
+    (chat_template.jinja, or the one inside tokenizer_config.json or chat_template.json) parses as
+    Jinja. Run on the source before any work and on the output before its rename, so a corrupt one
+    is one line and never a finished-looking conversion."""
     for path in present_side_files(directory):
         if path.name in JSON_SIDE_FILES:
             data = read_json_object(path, invalid="corrupt (not valid JSON)")
             if path.name in ("tokenizer_config.json", "chat_template.json"):
                 _check_template(path, data.get("chat_template"))
+            elif path.name == "tokenizer.json":
+                _check_tokenizer(path, data)
         elif path.name == "chat_template.jinja":
             with open_regular(path) as f:
                 raw = f.read()
@@ -139,6 +142,19 @@ def check_side_files(directory: Path) -> None:
             except UnicodeDecodeError as e:
                 raise DGemmaError(f"{path}: corrupt chat template (not UTF-8: {e})") from None
             _check_template(path, text)
+
+
+def _check_tokenizer(path: Path, data: dict) -> None:
+    """tokenizer.json as the tokenizers library reads it (the loader's own parser, no model needed)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_str(json.dumps(data))
+    except Exception as e:  # the Rust parser reports every shape of corruption as one exception type
+        reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DGemmaError(f"{path}: corrupt tokenizer ({reason})") from None
 
 
 def _check_template(path: Path, template) -> None:

@@ -45,6 +45,14 @@ CANVAS1, CANVAS2 = RNG.integers(0, 128, (2, 8)), RNG.integers(0, 128, (2, 8))
 LOGITS = ("logits_first", "logits_sc", "logits_second")
 
 
+# The smallest tokenizer.json the tokenizers library loads (convert checks that side files are real).
+MINIMAL_TOKENIZER = (
+    '{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,'
+    ' "pre_tokenizer": null, "post_processor": null, "decoder": null,'
+    ' "model": {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}}'
+)
+
+
 def write_hf_checkpoint(
     path: Path,
     dtype: str = "float32",
@@ -55,7 +63,7 @@ def write_hf_checkpoint(
     """A tiny random checkpoint saved by transformers (shared builder), optionally with tokenizer files."""
     write_tiny_checkpoint(path, seed=seed, dtype=dtype, max_shard_size=max_shard_size, text_overrides=TEXT)
     if side_files:  # stand-ins: only their copying is checked, they are never loaded
-        (path / "tokenizer.json").write_text("{}")
+        (path / "tokenizer.json").write_text(MINIMAL_TOKENIZER)
         (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
         (path / "chat_template.jinja").write_text("{{ messages }}")
     return path

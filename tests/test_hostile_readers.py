@@ -368,6 +368,8 @@ SIDE_CORRUPTIONS: dict[str, tuple[str, bytes]] = {
     "tokenizer-not-json": ("tokenizer.json", b'{"model": '),
     "tokenizer-array": ("tokenizer.json", b"[]"),
     "tokenizer-not-utf8": ("tokenizer.json", b"\xff\xfe{}"),
+    "tokenizer-not-a-tokenizer": ("tokenizer.json", b'{"model": {"type": "NoSuchModel"}}'),
+    "tokenizer-empty-object": ("tokenizer.json", b"{}"),
     "tokenizer-config-not-json": ("tokenizer_config.json", b"{'a': 1}"),
     "tokenizer-config-bad-template": ("tokenizer_config.json", b'{"chat_template": "{% for m in %}"}'),
     "tokenizer-config-template-int": ("tokenizer_config.json", b'{"chat_template": 5}'),
