@@ -92,12 +92,14 @@ class ChatSession:
         )
         for event in events:
             if isinstance(event, FinishEvent):
-                # The history holds the answer as its tokens read back, the form a re-render encodes.
-                answer = self.tokenizer.encode(event.result.answer, add_special_tokens=False)
-                content = self.tokenizer.decode(answer).strip()
+                content = self._as_history(event.result.answer)
                 self.messages = [*pending, {"role": "assistant", "content": content}]
                 self._cache, self._cached_ids = cache, ids
             yield event
+
+    def _as_history(self, answer: str) -> str:
+        """An answer as the history holds it: its tokens read back, the form a re-render encodes."""
+        return self.tokenizer.decode(self.tokenizer.encode(answer, add_special_tokens=False)).strip()
 
     def keep_partial(self, user_text: str, committed_ids: Sequence[int]) -> int:
         """Keep an interrupted turn: the user message and the answer's committed tokens so far, as
@@ -117,7 +119,7 @@ class ChatSession:
             if token != pad:
                 ids.append(token)
         _, answer = self.tokenizer.split_thinking(self.tokenizer.decode(ids, skip_special_tokens=False))
-        content = self.tokenizer.decode(self.tokenizer.encode(answer, add_special_tokens=False)).strip()
+        content = self._as_history(answer)
         if not ids or not content:
             return 0
         user = {"role": "user", "content": user_text}
