@@ -8,7 +8,6 @@ the same one the load-time guard compares with what the machine can give.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from .config import MODEL_TYPE, ModelConfig
 from .errors import DGemmaError
+from .jsonfile import read_json_object_or_empty
 
 HOME_ENV = "DGEMMA_HOME"
 
@@ -63,11 +63,8 @@ def describe_quantization(quantization: dict[str, Any] | None) -> str:
 
 def _diffusion_config(model_dir: Path) -> dict[str, Any] | None:
     """The directory's config.json when it is a DiffusionGemma one; None for anything else."""
-    try:
-        raw = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) and raw.get("model_type") == MODEL_TYPE else None
+    raw = read_json_object_or_empty(model_dir / "config.json")  # the shared reader: no FIFO hangs it
+    return raw if raw.get("model_type") == MODEL_TYPE else None
 
 
 def _entry(name: str, source: str, model_dir: Path, raw: dict[str, Any]) -> CatalogEntry:
