@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 
 from .cache import PromptCache
-from .engine import FixedPositions, StopRequested, block_diffusion
+from .engine import CanvasInit, FixedPositions, StopRequested, block_diffusion
 from .errors import DGemmaError
 from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent, RowResult
 from .generation_config import GenerationConfig
@@ -130,6 +130,7 @@ def stream_generate(
     noise: NoiseSource | None = None,
     seed: int | None = None,
     fixed_positions: FixedPositions = None,
+    canvas_init: CanvasInit = None,
     chat_template: bool = True,
     system: str | None = None,
     enable_thinking: bool = False,
@@ -141,7 +142,9 @@ def stream_generate(
 
     `cache` continues a conversation (the prompt is then only the tokens it has not seen, see
     `ChatSession`); `stop_requested` is polled after each pass and ends the generation early, its
-    unfinished rows reporting finish reason "stopped".
+    unfinished rows reporting finish reason "stopped". `fixed_positions` holds positions of the
+    generated text at given ids; `canvas_init` gives the ids the canvas starts from instead of noise
+    (transformers' `decoder_input_ids`: the sampler may still change them).
     """
     prompts = prompt_to_ids(tokenizer, prompt, chat_template, system, enable_thinking)
     gen_config = resolve_config(model, tokenizer, config, **overrides)
@@ -149,7 +152,9 @@ def stream_generate(
     decoded: dict[int, RowResult] = {}
     mx.reset_peak_memory()
     with _wired(model):
-        events = block_diffusion(model, prompts, gen_config, noise, cache, fixed_positions, stop_requested)
+        events = block_diffusion(
+            model, prompts, gen_config, noise, cache, fixed_positions, stop_requested, canvas_init
+        )
         for event in events:
             if isinstance(event, CanvasEvent) and event.rows:
                 rows = tuple(decode_row(tokenizer, row) for row in event.rows)

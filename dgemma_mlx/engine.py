@@ -39,34 +39,79 @@ from .sampler import StopRule, accept_by_entropy, temperature, tempered_scores
 PREFILL_CHUNK = 2048  # long prompts are encoded in chunks; exact up to rounding
 
 FixedPositions = Mapping[int, int] | Sequence[Mapping[int, int]] | None
+CanvasInit = Sequence[int] | Sequence[Sequence[int]] | np.ndarray | mx.array | None
 StopRequested = Callable[[], bool]
 
 
 @dataclass(frozen=True)
 class Pins:
-    """Canvas positions held at given ids on the first canvas: never renoised, always committed."""
+    """Positions of the generated text given ids, each on canvas `position // L`.
 
-    mask: mx.array  # [B, L] bool
-    ids: mx.array  # [B, L] int32
+    Two uses, one shape: `fixed_positions` (held at their ids on every pass: never renoised, always
+    committed; templates, infilling, puzzles) and `canvas_init` (the ids a canvas starts from, as the
+    reference's `decoder_input_ids`; the sampler may renoise them from the first pass on). Positions
+    past the first canvas let a template or a starting text span several canvases.
+    """
+
+    mask: mx.array  # [B, K*L] bool
+    ids: mx.array  # [B, K*L] int32
 
     @classmethod
-    def build(cls, fixed: FixedPositions, batch: int, length: int, vocab_size: int) -> Pins | None:
+    def build(
+        cls, fixed: FixedPositions, batch: int, length: int, vocab_size: int, canvases: int = 1
+    ) -> Pins | None:
         if not fixed:
             return None
         rows = [fixed] * batch if isinstance(fixed, Mapping) else list(fixed)
         if len(rows) != batch:
             raise DGemmaError(f"fixed positions given for {len(rows)} rows, batch has {batch}")
-        mask = np.zeros((batch, length), dtype=bool)
-        ids = np.zeros((batch, length), dtype=np.int32)
+        span = length * max(canvases, 1)
+        mask = np.zeros((batch, span), dtype=bool)
+        ids = np.zeros((batch, span), dtype=np.int32)
         for b, row in enumerate(rows):
             for pos, tok in (row or {}).items():
-                if not 0 <= int(pos) < length:
-                    raise DGemmaError(f"fixed position {pos} is outside the canvas (0..{length - 1})")
+                if not 0 <= int(pos) < span:
+                    where = "canvas" if span == length else f"{span // length} canvases of this run"
+                    raise DGemmaError(f"fixed position {pos} is outside the {where} (0..{span - 1})")
                 if not 0 <= int(tok) < vocab_size:
                     raise DGemmaError(f"fixed token id {tok} is outside the vocabulary (0..{vocab_size - 1})")
                 mask[b, int(pos)] = True
                 ids[b, int(pos)] = int(tok)
         return cls(mx.array(mask), mx.array(ids))
+
+    @classmethod
+    def starting(
+        cls, canvas_init: CanvasInit, batch: int, length: int, vocab_size: int, canvases: int
+    ) -> Pins | None:
+        """A starting canvas: one id sequence for every row, or one per row (a row may be shorter
+        than a canvas: its other positions keep the canvas's noise draw; ids past L seed later canvases)."""
+        if canvas_init is None:
+            return None
+        values = np.array(canvas_init) if isinstance(canvas_init, mx.array) else canvas_init
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+        values = list(values)
+        flat = all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values)
+        rows = [values] * batch if flat else [list(r) for r in values]
+        if len(rows) != batch:
+            raise DGemmaError(f"canvas_init given for {len(rows)} rows, batch has {batch}")
+        span = length * max(canvases, 1)
+        if too_long := [len(r) for r in rows if len(r) > span]:
+            raise DGemmaError(f"canvas_init has {too_long[0]} ids; this run's canvases hold {span}")
+        fixed = [dict(enumerate(int(t) for t in r)) for r in rows]
+        if not any(fixed):
+            return None
+        try:
+            return cls.build(fixed, batch, length, vocab_size, canvases)
+        except DGemmaError as e:
+            raise DGemmaError(str(e).replace("fixed", "canvas_init")) from None
+
+    def window(self, index: int, length: int) -> Pins | None:
+        """The part on canvas `index` ([B, L]), or None when that canvas has no such position."""
+        mask = self.mask[:, index * length : (index + 1) * length]
+        if mask.shape[1] == 0 or not mask.any().item():
+            return None
+        return Pins(mask, self.ids[:, index * length : (index + 1) * length])
 
     def apply(self, tokens: mx.array) -> mx.array:
         return mx.where(self.mask, self.ids, tokens)
@@ -126,9 +171,10 @@ class Generation:
     prompt_lengths: list[int]  # per row, without padding
     prompt_width: int  # P: the padded prompt length
     canvases: int  # canvases to run at most
-    pins: Pins | None
+    pins: Pins | None  # fixed positions, over all canvases
     start: float  # perf_counter when encoding began
     prompt_time: float  # seconds spent encoding the prompt
+    canvas_init: Pins | None = None  # the ids canvases start from instead of noise (not held)
     finished: np.ndarray = field(init=False)  # [B] bool: EOS committed or the length limit reached
     passes: np.ndarray = field(init=False)  # [B] decoder passes while the row was live
     reasons: list[FinishReason | None] = field(init=False)
@@ -187,11 +233,13 @@ def encode_prompt(
     config: GenerationConfig,
     cache: PromptCache | None = None,
     fixed_positions: FixedPositions = None,
+    canvas_init: CanvasInit = None,
 ) -> Generation:
     """Check the prompts, encode them causally into the cache, and size the generation.
 
     With `cache` (a chat session), the prompts are only the tokens not yet encoded, and the cache is
-    left holding exactly those prompt tokens afterwards: generated canvases go into a copy.
+    left holding exactly those prompt tokens afterwards: generated canvases go into a copy. Pins and
+    the starting canvas are checked against the run's size before anything is encoded.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise DGemmaError("empty prompt: give at least one token")
@@ -203,12 +251,14 @@ def encode_prompt(
     prompt_ids, padding = left_pad(prompts, pad_id)
     if cache is not None and (padding is not None or cache.batch_size != B):
         raise DGemmaError("a cached session continues one row of equal-length prompts only")
-    pins = Pins.build(fixed_positions, B, L, V)
+    budget = new_token_budget(config, prompt_ids.shape[1] + (cache.offset if cache is not None else 0))
+    canvases = max(0, math.ceil(budget / L))
+    pins = Pins.build(fixed_positions, B, L, V, canvases)
+    starting = Pins.starting(canvas_init, B, L, V, canvases)
     start = time.perf_counter()
     if cache is None:
         cache = model.make_cache(B)
         cache.left_padding = padding
-    budget = new_token_budget(config, prompt_ids.shape[1] + cache.offset)
     encode(model, prompt_ids, cache)
     return Generation(
         config=config,
@@ -216,23 +266,28 @@ def encode_prompt(
         sequences=np.array(prompt_ids),
         prompt_lengths=[len(p) for p in prompts],
         prompt_width=prompt_ids.shape[1],
-        canvases=max(0, math.ceil(budget / L)),
+        canvases=canvases,
         pins=pins,
         start=start,
         prompt_time=time.perf_counter() - start,
+        canvas_init=starting,
     )
 
 
 def start_canvas(model: Model, generation: Generation, index: int, noise: NoiseSource) -> Canvas:
     """Encode the canvas committed before this one (if any), then draw this canvas's noise.
 
-    Pins hold on the first canvas only (a template or puzzle lives there).
+    The noise is drawn even where a starting canvas replaces it, as the reference draws it
+    (`_prepare_denoiser_inputs`), so a noise tape stays aligned; the pins of this canvas go on top.
     """
     B, L, V = len(generation.sequences), model.canvas_length, model.vocab_size
     if index > 0:
         model.encode(mx.array(generation.sequences[:, -L:]), generation.cache)
     x = noise.canvas(B, L, V)
-    pins = generation.pins if index == 0 else None
+    starting = generation.canvas_init.window(index, L) if generation.canvas_init is not None else None
+    if starting is not None:
+        x = starting.apply(x)
+    pins = generation.pins.window(index, L) if generation.pins is not None else None
     if pins is not None:
         x = pins.apply(x)
     config = generation.config
@@ -368,13 +423,15 @@ def block_diffusion(
     cache: PromptCache | None = None,
     fixed_positions: FixedPositions = None,
     stop_requested: StopRequested | None = None,
+    canvas_init: CanvasInit = None,
 ) -> Iterator[PassEvent | CanvasEvent | FinishEvent]:
     """Generate for a batch of token-id prompts: an event per pass and per canvas, then the result.
 
     `stop_requested` is polled after every pass; once it returns True, generation ends there and the
-    rows not yet finished report "stopped" (their uncommitted canvas is dropped).
+    rows not yet finished report "stopped" (their uncommitted canvas is dropped). `canvas_init` is the
+    starting canvas (transformers' `decoder_input_ids`), see `Pins.starting`.
     """
-    generation = encode_prompt(model, prompts, config, cache, fixed_positions)
+    generation = encode_prompt(model, prompts, config, cache, fixed_positions, canvas_init)
     for index in range(generation.canvases):
         canvas = start_canvas(model, generation, index, noise)
         for step in range(config.max_denoising_steps, 0, -1):

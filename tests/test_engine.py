@@ -68,11 +68,16 @@ def test_pinned_positions_are_never_renoised_and_are_committed(model):
 
 @pytest.mark.parametrize(
     "pins, message",
-    [({8: 1}, "outside the canvas"), ({0: 64}, "outside the vocabulary")],
+    [
+        ({8: 1}, "outside the canvas"),
+        ({16: 1}, "outside the 2 canvases"),
+        ({0: 64}, "outside the vocabulary"),
+    ],
 )
 def test_bad_pins_are_one_line_errors(model, pins, message):
+    budget = 8 if 8 in pins else 16  # positions past the first canvas pin later ones, up to the budget
     with pytest.raises(DGemmaError, match=message):
-        generate(model, None, [5, 6], fixed_positions=pins)
+        generate(model, None, [5, 6], fixed_positions=pins, max_new_tokens=budget)
 
 
 def test_batch_rows_of_different_length_stop_independently(model):
