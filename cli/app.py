@@ -16,6 +16,8 @@ from pathlib import Path
 import typer
 
 from .convert import convert_command
+from .edit import edit_command
+from .infill import infill_command
 from .models import models_command
 from .options import (
     EXIT_USER_ERROR,
@@ -220,6 +222,8 @@ app.command("convert")(convert_command)
 app.command("models")(models_command)
 app.command("sudoku")(sudoku_command)
 app.command("demo", help="Same as `sudoku`: the bundled model solving Sudoku live.")(sudoku_command)
+app.command("infill")(infill_command)
+app.command("edit")(edit_command)
 
 
 def main() -> None:
