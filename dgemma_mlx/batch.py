@@ -14,11 +14,11 @@ a rerun skip everything already written.
 Nothing is lost to a mistyped path: an output or errors file that is the input (or each other, by
 resolved path or `os.path.samefile`), or a directory, is refused before any file is touched.
 
-Resume reproduces the uninterrupted run row for row. Rows generated together share one noise stream,
-so a row's result depends on its batch, not on itself alone; batches are therefore always planned over
-every runnable request, finished ones included, exactly as an uninterrupted run plans them, and the
-k-th batch of that plan is seeded `seed + k`. On resume a batch whose rows are all written is skipped,
-and a partly written batch is rerun whole with its own seed, writing only its missing rows.
+Resume reproduces the uninterrupted run row for row. Every row draws from its own noise stream, seeded
+`seed + i` for the i-th row of the plan (noise.py), but a batch's shape (its left padding) still
+touches the arithmetic, so batches are always planned over every runnable request, finished ones
+included, exactly as an uninterrupted run plans them. On resume a batch whose rows are all written is
+skipped, and a partly written batch is rerun whole with the same seeds, writing only its missing rows.
 
 Every result row carries `prompt_sha`, the first 12 hex digits of the SHA-256 of what it answers (the
 prompt text, or the messages as canonical JSON; a request's own `system` string is appended after a
@@ -420,11 +420,14 @@ def run_batches(
     """Generate every job not in `done` (keys), writing each result as it completes; yields the written
     rows. `jobs` are all the runnable requests, done ones included, so the plan and its seeds match an
     uninterrupted run's: batches with nothing left are skipped, partly done ones rerun whole."""
-    for k, batch in enumerate(plan_batches(jobs, batch_size)):
+    first = 0  # the plan position of the batch's first row: its rows are seeded seed + first + b
+    for batch in plan_batches(jobs, batch_size):
+        first += len(batch)
         if all(job.request.key in done for job in batch):
             continue
         shas = {job.request.key: job.request.prompt_sha for job in batch}
-        for row in generate_batch(model, tokenizer, batch, None if seed is None else seed + k):
+        batch_seed = None if seed is None else seed + first - len(batch)
+        for row in generate_batch(model, tokenizer, batch, batch_seed):
             key = id_key(row["id"])
             if key in done:
                 continue

@@ -215,7 +215,7 @@ class Canvas:
     draft: mx.array  # [B, L] argmax of the last pass (what a commit takes)
     pins: Pins | None
     stop_rule: StopRule | None
-    self_conditioning: mx.array | None = None  # last pass's tempered logits, in the model dtype
+    self_conditioning: mx.array | None = None  # last pass's softmax(z): the next pass's soft-embedding mix
     done: mx.array = field(init=False)  # [B] bool on device: the row stopped denoising this canvas
     done_np: np.ndarray = field(init=False)  # the same on the host, after the pass's sync
     passes: int = 0  # passes run on this canvas
@@ -283,7 +283,7 @@ def start_canvas(model: Model, generation: Generation, index: int, noise: NoiseS
     B, L, V = len(generation.sequences), model.canvas_length, model.vocab_size
     if index > 0:
         model.encode(mx.array(generation.sequences[:, -L:]), generation.cache)
-    x = noise.canvas(B, L, V)
+    x = noise.canvas(B, L, V, live=~generation.finished)
     starting = generation.canvas_init.window(index, L) if generation.canvas_init is not None else None
     if starting is not None:
         x = starting.apply(x)
@@ -307,20 +307,20 @@ def denoise_pass(
     config = generation.config
     B, L, V = canvas.x.shape[0], model.canvas_length, model.vocab_size
     canvas.passes += 1
-    generation.passes += ~(canvas.done_np | generation.finished)
-    raw = model.decode(canvas.x, generation.cache, canvas.self_conditioning)
+    live = ~(canvas.done_np | generation.finished)
+    generation.passes += live
+    raw = model.decode(canvas.x, generation.cache, self_conditioning_probs=canvas.self_conditioning)
     temp = 1.0
     if config.uses_temperature:
         temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)  # type: ignore[arg-type]
-    z, ent, sample, draft, confidence = tempered_scores(
-        raw, mx.array(temp, dtype=mx.float32), noise.gumbel(B, L, V)
-    )
+    scores = tempered_scores(raw, mx.array(temp, dtype=mx.float32), noise.sample_noise(B, L, V, live))
+    ent, sample, draft, confidence = scores.entropy, scores.sample, scores.draft, scores.confidence
     pins = canvas.pins
     if pins is not None:
         ent = mx.where(pins.mask, 0.0, ent)
         sample, draft = pins.apply(sample), pins.apply(draft)
     accepted = accept_by_entropy(ent, config.entropy_bound)
-    x = mx.where(accepted, sample, noise.canvas(B, L, V))
+    x = mx.where(accepted, sample, noise.canvas(B, L, V, live))
     if pins is not None:
         x = pins.apply(x)
     done = canvas.done
@@ -329,7 +329,7 @@ def denoise_pass(
             draft = mx.where(done[:, None], canvas.draft, draft)
             x = mx.where(done[:, None], canvas.x, x)
         done = done | canvas.stop_rule(draft, ent)
-    canvas.self_conditioning = z.astype(model.dtype)
+    canvas.self_conditioning = model.self_conditioning_probs(scores.z, scores.probs)
     mx.eval(x, draft, done, accepted, ent, confidence)
     if canvas.passes == 1:
         finite_logits(raw)

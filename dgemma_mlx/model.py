@@ -300,26 +300,44 @@ class Model(nn.Module):
             )
         return probs @ emb.weight
 
+    def self_conditioning_probs(self, z: mx.array, probs: mx.array) -> mx.array:
+        """The soft-embedding weights for the next pass, from this pass's tempered logits `z` and the
+        sampler's float32 softmax(z) `probs`.
+
+        The reference casts z to the model dtype, then takes a float32 softmax: in a float32 model that
+        is exactly `probs`, so it is reused (one [B, L, V] softmax less per pass); otherwise the
+        rounding of z to the model dtype is honoured and the softmax taken again.
+        """
+        if self.dtype == mx.float32:
+            return probs
+        return mx.softmax(z.astype(self.dtype).astype(mx.float32), axis=-1).astype(self.dtype)
+
     def decode(
         self,
         canvas: mx.array,
         cache: PromptCache,
         self_conditioning_logits: mx.array | None = None,
+        *,
+        self_conditioning_probs: mx.array | None = None,
     ) -> mx.array:
         """One bidirectional pass over the canvas at positions [n, n+L); float32 soft-capped logits.
 
-        `self_conditioning_logits` are the previous pass's temperature-scaled logits, already cast to
-        the model dtype; they enter as a softmax-weighted mix of embeddings.
+        Self-conditioning enters as a probability-weighted mix of embeddings: give either the previous
+        pass's temperature-scaled logits cast to the model dtype (`self_conditioning_logits`, the
+        reference's interface) or the probabilities themselves (`self_conditioning_probs`, from
+        `self_conditioning_probs()`, which is what the engine does).
         """
         decoder = self.model.decoder
         B, L = canvas.shape
         n = cache.offset
         x = self.embed(canvas)
-        if self_conditioning_logits is None:
+        probs = self_conditioning_probs
+        if probs is None and self_conditioning_logits is not None:
+            probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1)
+        if probs is None:
             x = rms_norm_no_scale(x, self.text.rms_norm_eps)
         else:
-            probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1).astype(x.dtype)
-            x = decoder.self_conditioning(x, self.soft_embed(probs) * self.embed_scale)
+            x = decoder.self_conditioning(x, self.soft_embed(probs.astype(x.dtype)) * self.embed_scale)
         masks = {}
         for i, layer in enumerate(self.layers):
             t = self.text.layer_types[i]

@@ -9,6 +9,7 @@ hot path stays free of host round trips.
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
@@ -23,24 +24,63 @@ def temperature(step: int, max_steps: int, t_min: float, t_max: float) -> float:
     return float(np.float32(t_min) + np.float32(t_max - t_min) * ratio)
 
 
-@partial(mx.compile, shapeless=True)
-def tempered_scores(raw: mx.array, temp: mx.array, gumbel: mx.array):
-    """One fused pass over [B, L, V]: tempered logits, entropy, sample, argmax and its probability.
+class Scores(NamedTuple):
+    """What a pass takes from its [B, L, V] logits; all but `z` and `probs` are [B, L]."""
 
-    Exponentials dominate this step's cost (notably on CPU), so the softmax is computed once and
-    shared: entropy as -sum p * (z - lse), which stays accurate when the entropy is tiny. The sample
-    is argmax(z + g): the Gumbel-max trick, equal to argmax(log p + g) since lse is constant per row.
+    z: mx.array  # tempered logits, raw / T
+    probs: mx.array  # softmax(z), float32: the self-conditioning input of the next pass
+    entropy: mx.array  # of softmax(z), in nats
+    sample: mx.array  # int32 categorical sample
+    draft: mx.array  # int32 argmax(z)
+    confidence: mx.array  # probability of the draft
+
+
+def _scores(raw: mx.array, temp: mx.array):
+    """Everything a pass needs from [B, L, V] but the sample, around one softmax.
+
+    The softmax is the only transcendental sweep over the vocabulary, and its result is shared: the
+    draft's probability gives the log-normaliser (lse = z_draft - log p_draft), entropy is
+    -sum p * (z - lse) (accurate when the entropy is tiny), and the probabilities themselves are the
+    next pass's self-conditioning input (the model would otherwise compute the same softmax again).
     """
     z = raw / temp
-    m = mx.max(z, axis=-1, keepdims=True)
-    e = mx.exp(z - m)
-    s = e.sum(axis=-1, keepdims=True)
-    lse = m + mx.log(s)
-    ent = -((e / s) * (z - lse)).sum(axis=-1)
-    sample = mx.argmax(z + gumbel, axis=-1).astype(mx.int32)
+    probs = mx.softmax(z, axis=-1)
     draft = mx.argmax(z, axis=-1).astype(mx.int32)
-    confidence = mx.exp(mx.take_along_axis(z, draft[..., None], axis=-1)[..., 0] - lse[..., 0])
-    return z, ent, sample, draft, confidence
+    confidence = mx.take_along_axis(probs, draft[..., None], axis=-1)
+    lse = mx.take_along_axis(z, draft[..., None], axis=-1) - mx.log(confidence)
+    entropy = -(probs * (z - lse)).sum(axis=-1)
+    return z, probs, entropy, draft, confidence[..., 0]
+
+
+@partial(mx.compile, shapeless=True)
+def _scores_gumbel(raw: mx.array, temp: mx.array, gumbel: mx.array):
+    z, probs, entropy, draft, confidence = _scores(raw, temp)
+    sample = mx.argmax(z + gumbel, axis=-1).astype(mx.int32)  # = argmax(log p + g): lse is per row
+    return z, probs, entropy, sample, draft, confidence
+
+
+@partial(mx.compile, shapeless=True)
+def _scores_uniform(raw: mx.array, temp: mx.array, uniform: mx.array):
+    z, probs, entropy, draft, confidence = _scores(raw, temp)
+    # Inverse CDF: the sample is the first id whose cumulative mass reaches t = u * total, i.e. the
+    # count of ids below t. t is scaled by the cumsum's own last entry (its max: it never decreases;
+    # not a separate sum), so t never exceeds it and the id stays in range; u is kept above 0 so an
+    # id of zero mass is never chosen.
+    cdf = mx.cumsum(probs, axis=-1)
+    threshold = mx.maximum(uniform, 1e-30)[..., None] * cdf.max(axis=-1, keepdims=True)
+    sample = (cdf < threshold).sum(axis=-1).astype(mx.int32)
+    return z, probs, entropy, sample, draft, confidence
+
+
+def tempered_scores(raw: mx.array, temp: mx.array, sample_noise: mx.array) -> Scores:
+    """The pass's scores at temperature `temp` (see `Scores`).
+
+    `sample_noise` is one uniform per position [B, L] (inverse-CDF sampling: no per-vocabulary draw)
+    or Gumbel noise [B, L, V] (the reference's Gumbel-max formula, replayed from a tape); see noise.py.
+    """
+    if sample_noise.ndim == raw.ndim:
+        return Scores(*_scores_gumbel(raw, temp, sample_noise))
+    return Scores(*_scores_uniform(raw, temp, sample_noise))
 
 
 def log_probs(logits: mx.array) -> mx.array:

@@ -2,8 +2,8 @@
 
 Training's periodic evaluation and every Sudoku benchmark call `evaluate`, so their figures are
 computed alike and compare. Puzzles come from `generate_batch(seed, difficulty, count)`; the solver
-runs them in batches (`batch` puzzles at a time, batch k sampling with seed + k * batch), which
-changes only the wall time, not how each puzzle is solved.
+runs them in batches (`batch` puzzles at a time; puzzle i samples from its own stream, seed + i),
+which changes only the wall time, not how each puzzle is solved.
 """
 
 from __future__ import annotations
