@@ -73,7 +73,8 @@ class EditView(LiveView):
                 (f" {self.title} ", "bold reverse"),
                 f" lines {event.first}-{event.last} · the canvas starts here",
             )
-            old = Text(self.pieces.separator or "").join(Text(p, style="dim") for p in self.pieces(event.ids))
+            pieces = self.pieces(event.ids)  # first: it also learns how pieces are separated
+            old = Text(self.pieces.separator or "").join(Text(p, style="dim") for p in pieces)
             self.live.update(Group(header, old, legend()), refresh=True)
             return
         super().handle(event)
