@@ -83,7 +83,7 @@ def infill_command(
     *,
     flags: GenerationFlags,
 ) -> None:
-    """Fill the holes of a template, [[fill]] or [[fill:N]] (N tokens), with the text around them pinned.
+    r"""Fill the holes of a template, [\[fill]] or [\[fill:N]] (N tokens), with the text around them pinned.
 
     The filled text goes to stdout (the template's own text kept byte for byte), the live view and
     stats to stderr. Text before the first hole is the prompt; the holes see the text on both sides

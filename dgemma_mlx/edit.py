@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # events pull in numpy: the command checks its input before p
     from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent
 
 _LINES = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 _FENCE = re.compile(r"\A```[^\n]*\n(.*?)\n?```\s*\Z", re.DOTALL)
 PROMPT = (
     "Rewrite lines {first}-{last} of the file `{name}` as the instruction says. Reply with the new "
@@ -34,6 +35,15 @@ PROMPT = (
     "{before}{open}\n{span}{close}\n{after}"
 )
 OPEN_MARK, CLOSE_MARK = "<<<EDIT", "EDIT>>>"
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as editors, `diff` and `patch` count them: ended by `\\n` only, each with its ending.
+
+    Not `str.splitlines`, which also breaks at form feeds, `\\x85` and `\\u2028` and would put
+    `--lines` off by as many lines as a file has of those.
+    """
+    return _LINE.findall(text)
 
 
 def parse_lines(spec: str) -> tuple[int, int]:
@@ -62,13 +72,9 @@ class Span:
 
     @property
     def newline(self) -> str:
-        """The span's newline style (the first line ending it has), `\\n` when it has none."""
-        for line in self.text.splitlines(keepends=True):
-            if line.endswith("\r\n"):
-                return "\r\n"
-            if line.endswith(("\n", "\r")):
-                return line[len(line.rstrip("\r\n")) :]
-        return "\n"
+        """The span's newline style: `\\r\\n` when its first line ends so, else `\\n`."""
+        lines = split_lines(self.text)
+        return "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
 
     def replaced(self, new: str) -> str:
         return self.before + new + self.after
@@ -76,7 +82,7 @@ class Span:
 
 def split_span(text: str, first: int, last: int, name: str = "the file") -> Span:
     """Cut `text` at lines first..last; a range past the end of the file is a one-line error."""
-    lines = text.splitlines(keepends=True)
+    lines = split_lines(text)
     if last > len(lines):
         raise DGemmaError(f"{name} has {len(lines)} lines: --lines {first}-{last} is past its end")
     return Span(
@@ -100,7 +106,7 @@ def clean_answer(answer: str, old: str, newline: str) -> str:
 def unified_diff(old: str, new: str, name: str) -> str:
     """`diff -u` of two versions of a file, as `a/NAME` and `b/NAME` (what `patch -p1` applies)."""
     lines = difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{name}", f"b/{name}"
+        split_lines(old), split_lines(new), f"a/{name}", f"b/{name}"
     )
     out = []
     for line in lines:

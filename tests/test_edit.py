@@ -61,6 +61,9 @@ def test_span_split_and_past_the_end():
     assert span.replaced(span.text) == TEXT
     with pytest.raises(DGemmaError, match="has 4 lines"):
         split_span(TEXT, 3, 5)
+    # lines are counted as editors and patch count them: a form feed or U+2028 does not end a line
+    assert split_span("a\n\fb\u2028c\nd\n", 2, 2).text == "\fb\u2028c\n"
+    assert split_span("a\r\nb\r\n", 2, 2).newline == "\r\n"
 
 
 def test_answers_are_cleaned_to_span_text():
@@ -87,6 +90,7 @@ def test_the_prompt_holds_the_instruction_and_the_whole_file_with_the_span_marke
         ("a\r\nb\r\nc\r\n", "a\r\nx\r\nc\r\n"),
         ("a\nb\nlast", "a\nb\nnew last"),  # no newline at the end of the file
         ("a\nb\n", "a\n"),
+        ("x\n\fpage two\u2028same line\ny\n", "x\n\fpage 2\u2028same line\ny\n"),
     ],
 )
 def test_the_diff_applies_with_patch_and_gives_the_new_file(tmp_path, old, new):
