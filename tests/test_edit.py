@@ -231,11 +231,12 @@ def cli(model_dir):
     return invoke
 
 
-def seed_with(loaded, source, finish_reason):
+def seed_with(loaded, source, finish_reason, **kwargs):
     """A sampler seed for which this edit ends with `finish_reason` (the model is random)."""
     model, tokenizer = loaded
-    for seed in range(12):
-        result = edit(model, tokenizer, source, split_span(source.text, 2, 3), INSTRUCTION, seed=seed)
+    span = split_span(source.text, 2, 3)
+    for seed in range(20):
+        result = edit(model, tokenizer, source, span, INSTRUCTION, seed=seed, **kwargs)
         if result.generation.finish_reasons[0] == finish_reason:
             return seed, result
     pytest.fail(f"no seed ends the edit with {finish_reason!r}")
@@ -263,10 +264,9 @@ def test_command_in_place_writes_the_same_result_and_keeps_a_backup(cli, loaded,
 
 
 def test_command_in_place_refuses_a_rewrite_cut_at_the_budget(cli, loaded, source):
-    seed, _ = seed_with(loaded, source, "length")
-    out = cli(
-        "edit", str(source.path), "--lines", "2-3", "-i", INSTRUCTION, "--seed", str(seed), "--in-place"
-    )
+    seed, _ = seed_with(loaded, source, "length", max_new_tokens=8)  # one canvas: room to be cut short
+    argv = ["--lines", "2-3", "-i", INSTRUCTION, "--seed", str(seed), "--max-tokens", "8", "--in-place"]
+    out = cli("edit", str(source.path), *argv)
     assert out.exit_code == 1 and "token budget" in out.stderr and "left as it was" in out.stderr
     assert source.path.read_text() == TEXT and not (source.path.parent / "story.txt.bak").exists()
 
