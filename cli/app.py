@@ -15,6 +15,7 @@ from pathlib import Path
 
 import typer
 
+from .bench import bench_command
 from .convert import convert_command
 from .edit import edit_command
 from .infill import infill_command
@@ -222,6 +223,7 @@ app.command("convert")(convert_command)
 app.command("models")(models_command)
 app.command("sudoku")(sudoku_command)
 app.command("demo", help="Same as `sudoku`: the bundled model solving Sudoku live.")(sudoku_command)
+app.command("bench")(bench_command)
 app.command("infill")(infill_command)
 app.command("edit")(edit_command)
 
