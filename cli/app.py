@@ -38,6 +38,7 @@ from .options import (
     view_option,
     with_generation_flags,
 )
+from .serve import serve_command
 from .sudoku import sudoku_command
 
 app = typer.Typer(
@@ -226,6 +227,7 @@ app.command("demo", help="Same as `sudoku`: the bundled model solving Sudoku liv
 app.command("bench")(bench_command)
 app.command("infill")(infill_command)
 app.command("edit")(edit_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

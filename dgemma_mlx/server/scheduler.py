@@ -178,6 +178,12 @@ class Batch:
     canvas: Any = None  # engine.Canvas while a canvas is being denoised
     noise: MLXNoise | None = None
     step: int = 0
+    parked: list[tuple[Row, np.ndarray, int]] = field(default_factory=list)  # done rows, out of the forward
+    members: list[Row] = field(default_factory=list)  # the rows the current canvas started with
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.parked)
 
 
 def _select_rows(obj: Any, keep: list[int], batch: int) -> None:
@@ -257,7 +263,7 @@ class Scheduler:
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
-            running = sum(len(b.rows) for b in self._batches)
+            running = sum(b.size for b in self._batches)
             return {
                 "rows_running": running,
                 "rows_waiting": len(self._waiting),
@@ -311,7 +317,7 @@ class Scheduler:
                     break
                 mx.clear_cache()  # idle: hand scratch buffers back, so a long-lived server stays flat
                 self._cond.wait(timeout=0.5)
-            in_flight = sum(len(b.rows) for b in self._batches) + len(self._waiting)
+            in_flight = sum(b.size for b in self._batches) + len(self._waiting)
             jobs = []
             while self._queue and in_flight + len(self._queue[0].spec.prompts) <= self.max_batch:
                 job = self._queue.popleft()
@@ -322,7 +328,7 @@ class Scheduler:
             return jobs
 
     def _fail_everything(self, message: str, status: int) -> None:
-        jobs = {id(r.job): r.job for b in self._batches for r in b.rows}
+        jobs = {id(r.job): r.job for b in self._batches for r in [*b.rows, *(p[0] for p in b.parked)]}
         jobs |= {id(r.job): r.job for r in self._waiting}
         jobs |= {id(j): j for j in self._queue}
         for job in jobs.values():
@@ -402,10 +408,10 @@ class Scheduler:
                 continue
             key = settings_key(row.job.spec.config)
             same = [b for b in self._batches if b.key == key]
-            open_ = [b for b in same if b.canvas is None and len(b.rows) < self.max_batch]
+            open_ = [b for b in same if b.canvas is None and b.size < self.max_batch]
             if open_:
                 open_[0].rows.append(row)
-            elif any(len(b.rows) < self.max_batch for b in same):
+            elif any(b.size < self.max_batch for b in same):
                 still_waiting.append(row)  # joins that batch when its canvas is committed
             else:
                 self._batches.append(Batch(key, row.job.spec.config, [row]))
@@ -413,6 +419,9 @@ class Scheduler:
 
     def _step(self, batch: Batch) -> None:
         self._drop_gone(batch)
+        if not batch.rows and batch.parked:  # everyone left stopped or left: the canvas is over
+            self._commit(batch)
+            return
         if not batch.rows:
             self._batches.remove(batch)
             return
@@ -438,13 +447,34 @@ class Scheduler:
                 )
         if canvas.done_np.all() or batch.step == 0:
             self._commit(batch)
+        elif canvas.done_np.any():
+            self._park_done(batch)
+
+    def _park_done(self, batch: Batch) -> None:
+        """Rows that stopped on this canvas keep their draft and leave the forward until it commits.
+
+        The engine would keep decoding them and then discard the result (a stopped row's draft is
+        frozen and it draws no noise), so parking changes no token, only the work.
+        """
+        done = batch.canvas.done_np
+        draft = np.array(batch.canvas.draft)
+        for b in np.flatnonzero(done):
+            batch.parked.append((batch.rows[b], draft[b].copy(), int(batch.generation.passes[b])))
+        self._keep_rows(batch, [b for b in range(len(batch.rows)) if not done[b]])
 
     def _drop_gone(self, batch: Batch) -> None:
         """Rows whose client left (or stopped them) leave now, mid-canvas included."""
+        parked = [p for p in batch.parked if not p[0].gone]
+        self.stats["rows_cancelled"] += len(batch.parked) - len(parked)
+        batch.parked = parked
         keep = [b for b, row in enumerate(batch.rows) if not row.gone]
         if len(keep) == len(batch.rows):
             return
         self.stats["rows_cancelled"] += len(batch.rows) - len(keep)
+        self._keep_rows(batch, keep)
+
+    def _keep_rows(self, batch: Batch, keep: list[int]) -> None:
+        """Only rows `keep` stay in the batch's forward; the canvas state is sliced to match."""
         B = len(batch.rows)
         batch.rows = [batch.rows[b] for b in keep]
         if batch.canvas is None or not keep:
@@ -462,6 +492,7 @@ class Scheduler:
                 self.model.encode(mx.array([row.pending], dtype=mx.int32), row.cache)
                 row.pending = None
             row.batch_rows = max(row.batch_rows, len(batch.rows))
+        batch.members = list(batch.rows)
         framed = stack_caches([r.cache for r in batch.rows])
         B = len(batch.rows)
         generation = Generation(
@@ -483,12 +514,16 @@ class Scheduler:
     def _commit(self, batch: Batch) -> None:
         """Each row takes its draft (EOS and padding as the engine's commit); finished rows leave."""
         config = batch.config
-        draft = np.array(batch.canvas.draft)
-        passes = batch.generation.passes
+        finals = batch.parked
+        if batch.rows:
+            draft = np.array(batch.canvas.draft)
+            finals += [(row, draft[b], int(batch.generation.passes[b])) for b, row in enumerate(batch.rows)]
+        batch.parked = []
         kept = []
-        for b, row in enumerate(batch.rows):
-            row.passes += int(passes[b])
-            tokens, finished = finalize_canvas(draft[b : b + 1], np.zeros(1, dtype=bool), config, False)
+        order = {id(row): i for i, row in enumerate(batch.members)}  # the canvas's own row order
+        for row, row_draft, passes in sorted(finals, key=lambda f: order[id(f[0])]):
+            row.passes += passes
+            tokens, finished = finalize_canvas(row_draft[None], np.zeros(1, dtype=bool), config, False)
             new = tokens[0].tolist()
             reason = self._take_canvas(row, new, bool(finished[0]), set(config.eos_token_id or ()))
             cap = row.job.spec.max_tokens
@@ -506,6 +541,7 @@ class Scheduler:
         batch.canvas = batch.generation = batch.noise = None
         if not kept:
             self._batches.remove(batch)
+            mx.clear_cache()  # its scratch buffers go back, as the engine's `finish` does per generation
 
     @staticmethod
     def _take_canvas(row: Row, new: list[int], eos_seen: bool, eos: set[int]) -> str | None:
