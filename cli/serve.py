@@ -46,48 +46,33 @@ def serve_command(
         chosen = resolve_model(model)
         if api_key is not None and not api_key.strip():
             raise typer.BadParameter("the API key is empty", param_hint="'--api-key'")
+        from dgemma_mlx.server.run import check_bindable  # light: socket and uvicorn only
+
+        check_bindable(host, port)  # a port in use is one line before the model loads
         with loading(chosen):
             from dgemma_mlx import load
-            from dgemma_mlx.api import resolve_config
-            from dgemma_mlx.server.app import ServerState, create_app
-            from dgemma_mlx.server.prefix_cache import PrefixCache
-            from dgemma_mlx.server.protocol import Limits
+            from dgemma_mlx.server.app import build_state, create_app
             from dgemma_mlx.server.run import is_local, serve
-            from dgemma_mlx.server.scheduler import Scheduler
 
             model_obj, tokenizer = load(chosen, force=force)
-        config = resolve_config(model_obj, tokenizer)
-        scheduler = Scheduler(
+        state = build_state(
             model_obj,
-            config,
+            tokenizer,
+            served_name or chosen,
             max_batch=max_batch,
             max_queue=max_queue,
-            prefix_cache=PrefixCache(max_entries=prefix_cache),
-        )
-        state = ServerState(
-            scheduler=scheduler,
-            tokenizer=tokenizer,
-            served_name=served_name or chosen,
-            config=config,
-            vocab_size=model_obj.vocab_size,
-            limits=Limits(max_prompt_tokens=max_prompt_tokens, max_n=max_batch),
+            prefix_entries=prefix_cache,
+            max_prompt_tokens=max_prompt_tokens,
             api_key=api_key.strip() if api_key else None,
             max_body_bytes=max_body_kb * 1024,
         )
         if not is_local(host):
+            exposed = "" if api_key else "; anyone who can reach it can use it (set --api-key)"
             say(
                 stderr,
-                f"warning: listening on {host}, reachable from other machines"
-                + ("" if api_key else "; anyone who can reach it can use it (set --api-key)"),
+                f"warning: listening on {host}, reachable from other machines{exposed}",
                 style="yellow",
             )
-        serve(
-            create_app(state),
-            scheduler,
-            host,
-            port,
-            shutdown_timeout,
-            lambda m: say(stderr, m),
-            log_level=log_level,
-        )
+        announce = lambda message: say(stderr, message)  # noqa: E731
+        serve(create_app(state), state.scheduler, host, port, shutdown_timeout, announce, log_level=log_level)
         say(stderr, "stopped")

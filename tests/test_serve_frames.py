@@ -102,7 +102,7 @@ def test_scheduler_rows_equal_their_lone_runs_even_when_a_neighbour_leaves(loade
     model, tokenizer = loaded
     config = resolve_config(model, tokenizer).replace(max_new_tokens=32)
     ids = prompt_to_ids(tokenizer, PROMPTS)
-    scheduler = Scheduler(model, config, max_batch=8)
+    scheduler = Scheduler(model, config, max_batch=8, prefill_chunk=3)  # prompts encoded 3 tokens a turn
     scheduler.start()
     try:
         left: list[PassFrame] = []

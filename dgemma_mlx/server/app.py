@@ -49,6 +49,38 @@ class ServerState:
     created: int = 0
 
 
+def build_state(
+    model: Any,
+    tokenizer: Any,
+    served_name: str,
+    *,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    prefix_entries: int = 16,
+    max_prompt_tokens: int = 8192,
+    api_key: str | None = None,
+    max_body_bytes: int = 4 << 20,
+) -> ServerState:
+    """Everything the handlers need for one loaded model (the scheduler not started yet)."""
+    from ..api import resolve_config
+    from .prefix_cache import PrefixCache
+
+    config = resolve_config(model, tokenizer)
+    scheduler = Scheduler(
+        model, config, max_batch=max_batch, max_queue=max_queue, prefix_cache=PrefixCache(prefix_entries)
+    )
+    return ServerState(
+        scheduler=scheduler,
+        tokenizer=tokenizer,
+        served_name=served_name,
+        config=config,
+        vocab_size=model.vocab_size,
+        limits=Limits(max_prompt_tokens=max_prompt_tokens, max_n=max_batch),
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+    )
+
+
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 

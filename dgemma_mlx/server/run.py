@@ -16,11 +16,14 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from .scheduler import Scheduler
+from ..errors import DGemmaError
+
+if TYPE_CHECKING:  # the scheduler pulls in MLX; `check_bindable` runs before that is needed
+    from .scheduler import Scheduler
 
 LOCAL_NAMES = {"localhost", "localhost.localdomain"}
 
@@ -33,6 +36,24 @@ def is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Fail in one line before the model loads if `host:port` cannot be listened on (in use, no such
+    address, a privileged port): the socket is bound and released again at once."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise DGemmaError(f"cannot listen on {host}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            raise DGemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 class DrainingServer(uvicorn.Server):
@@ -103,5 +124,7 @@ def serve(
     scheduler.start()
     try:
         server.run()
+    except SystemExit as e:  # uvicorn could not start (it logged why): one line, exit 1
+        raise DGemmaError(f"the server could not start on {host}:{port}") from e
     finally:
         scheduler.close(timeout=5.0)

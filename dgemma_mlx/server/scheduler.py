@@ -14,8 +14,11 @@ How rows are batched (docs/ARCHITECTURE.md, "The server"):
 - Waiting rows join a batch when its canvas is committed; rows with other settings run in their own
   batch, one pass per batch in turn. A row whose client left (or whose stop string appeared) leaves
   its batch before the next pass.
-- Prompts extending an earlier prompt continue its cached encoding (`prefix_cache.PrefixCache`);
-  encoding in pieces gives the same cache as encoding at once, so this is exact.
+- Prompts are encoded a chunk per turn (`prefill_chunk` tokens) between the batches' passes, so a
+  long prompt does not stall the rows already running; prompts extending an earlier prompt continue
+  its cached encoding (`prefix_cache.PrefixCache`). Encoding in pieces gives the same cache as
+  encoding at once, so both are exact.
+- A row that stopped denoising is parked with its draft until its canvas commits: no more forwards.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +36,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..cache import PromptCache
-from ..engine import Generation, encode, finalize_canvas, start_canvas
+from ..engine import Generation, finalize_canvas, start_canvas
 from ..engine import denoise_pass as engine_denoise_pass
 from ..errors import DGemmaError
 from ..generation_config import GenerationConfig
@@ -222,7 +225,7 @@ class Scheduler:
         max_batch: int = 16,
         max_queue: int = 64,
         prefix_cache: PrefixCache | None = None,
-        on_idle: Callable[[], None] | None = None,
+        prefill_chunk: int = 512,
     ):
         self.model = model
         self.framed = FramedModel(model)
@@ -232,6 +235,8 @@ class Scheduler:
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
         self._queue: deque[Job] = deque()
         self._waiting: list[Row] = []
+        self._admitting: list[tuple[Job, Iterator[None]]] = []  # prompts being encoded, a chunk a turn
+        self.prefill_chunk = prefill_chunk
         self._batches: list[Batch] = []
         self._cond = threading.Condition()
         self._draining = False
@@ -300,8 +305,8 @@ class Scheduler:
                 jobs = self._wait_for_work()
                 if jobs is None:
                     return
-                for job in jobs:
-                    self._admit(job)
+                self._admitting += [(job, self._admission(job)) for job in jobs]
+                self._advance_admission()
                 self._step_all()
 
     def _wait_for_work(self) -> list[Job] | None:
@@ -310,7 +315,7 @@ class Scheduler:
             while True:
                 if self._deadline is not None and time.monotonic() >= self._deadline:
                     self._fail_everything("the server is shutting down", 503)
-                idle = not (self._queue or self._waiting or self._batches)
+                idle = not (self._queue or self._waiting or self._batches or self._admitting)
                 if idle and (self._stop or self._draining):
                     return None
                 if not idle:
@@ -318,6 +323,7 @@ class Scheduler:
                 mx.clear_cache()  # idle: hand scratch buffers back, so a long-lived server stays flat
                 self._cond.wait(timeout=0.5)
             in_flight = sum(b.size for b in self._batches) + len(self._waiting)
+            in_flight += sum(len(job.spec.prompts) for job, _ in self._admitting)
             jobs = []
             while self._queue and in_flight + len(self._queue[0].spec.prompts) <= self.max_batch:
                 job = self._queue.popleft()
@@ -330,6 +336,7 @@ class Scheduler:
     def _fail_everything(self, message: str, status: int) -> None:
         jobs = {id(r.job): r.job for b in self._batches for r in [*b.rows, *(p[0] for p in b.parked)]}
         jobs |= {id(r.job): r.job for r in self._waiting}
+        jobs |= {id(job): job for job, _ in self._admitting}
         jobs |= {id(j): j for j in self._queue}
         for job in jobs.values():
             job.emit(Failed(message, status))
@@ -337,51 +344,65 @@ class Scheduler:
         self.stats["failed"] += len(jobs)
         self._queue.clear()
         self._waiting.clear()
+        self._admitting.clear()
         self._batches.clear()
 
-    def _admit(self, job: Job) -> None:
-        """Encode the job's prompts (continuing a cached prefix) and make its rows wait for a batch."""
-        if job.cancelled.is_set():
+    def _advance_admission(self) -> None:
+        """Encode one chunk of the oldest prompt being admitted, so a long prompt does not stall the
+        running batches for its whole prefill (encoding in pieces gives the same cache)."""
+        if not self._admitting:
             return
-        spec = job.spec
-        L = self.model.canvas_length
-        budget = spec.config.max_new_tokens
-        if spec.max_tokens is not None:
-            budget = min(budget, spec.max_tokens)
-        canvases = max(1, math.ceil(budget / L))
+        job, steps = self._admitting[0]
         try:
-            encoded: dict[tuple[int, ...], tuple[PromptCache, int]] = {}
-            for ids in spec.prompts:
-                key = tuple(ids)
-                if key not in encoded:
-                    encoded[key] = self._encode(ids)
+            next(steps)
+            return
+        except StopIteration:
+            pass
         except DGemmaError as e:
             job.emit(Failed(str(e), 400))
-            return
         except Exception:  # a bug: the client gets one line, the log gets the traceback
             traceback.print_exc()
             job.emit(Failed("internal error while encoding the prompt", 500))
-            return
+        self._admitting.pop(0)
+
+    def _admission(self, job: Job) -> Iterator[None]:
+        """Encode the job's prompts chunk by chunk (continuing a cached prefix), then make its rows
+        wait for a batch. Yields after each chunk; a job cancelled meanwhile stops here."""
+        spec = job.spec
+        V = self.model.vocab_size
+        encoded: dict[tuple[int, ...], tuple[PromptCache, int]] = {}
+        for ids in spec.prompts:
+            key = tuple(int(t) for t in ids)
+            if key in encoded:
+                continue
+            if not key:
+                raise DGemmaError("empty prompt: give at least one token")
+            if bad := [t for t in key if not 0 <= t < V]:
+                raise DGemmaError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
+            cache, reused = self.prefix_cache.lookup(key)
+            if cache is None:
+                cache, reused = self.model.make_cache(1), 0
+            for start in range(reused, len(key), self.prefill_chunk):
+                if job.cancelled.is_set():
+                    return
+                chunk = key[start : start + self.prefill_chunk]
+                self.model.encode(mx.array([chunk], dtype=mx.int32), cache)
+                mx.eval(cache.state())
+                yield
+            self.prefix_cache.store(key, cache)
+            encoded[key] = (cache, reused)
+        L = self.model.canvas_length
+        budget = (
+            spec.config.max_new_tokens
+            if spec.max_tokens is None
+            else min(spec.config.max_new_tokens, spec.max_tokens)
+        )
+        canvases = max(1, math.ceil(budget / L))
         cached = max(c for _, c in encoded.values())
         job.emit(Admitted(prompt_tokens=sum(len(p) for p in spec.prompts), cached_tokens=cached))
         for choice, (ids, seed) in enumerate(zip(spec.prompts, spec.seeds, strict=True)):
-            cache = encoded[tuple(ids)][0].copy()
+            cache = encoded[tuple(int(t) for t in ids)][0].copy()
             self._waiting.append(Row(job, choice, cache, RowStream(seed), canvases))
-
-    def _encode(self, ids: Sequence[int]) -> tuple[PromptCache, int]:
-        """A batch-1 cache holding exactly `ids`, and how many of them came from the prefix cache."""
-        V = self.model.vocab_size
-        if bad := [t for t in ids if not 0 <= int(t) < V]:
-            raise DGemmaError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})")
-        if not ids:
-            raise DGemmaError("empty prompt: give at least one token")
-        cache, reused = self.prefix_cache.lookup(ids)
-        if cache is None:
-            cache, reused = self.model.make_cache(1), 0
-        if reused < len(ids):
-            encode(self.model, mx.array([list(ids[reused:])], dtype=mx.int32), cache)
-        self.prefix_cache.store(ids, cache)
-        return cache, reused
 
     def _step_all(self) -> None:
         """Place waiting rows, then one pass of every batch in turn."""
