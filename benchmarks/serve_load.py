@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -117,6 +118,12 @@ def run(base: str, name: str, clients: int, per_client: int, max_tokens: int, co
     }
 
 
+def rss_mb(pid: int) -> float:
+    """The server's resident memory (ps works on macOS and Linux): growth across rounds is a leak."""
+    out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True).stdout
+    return int(out.strip() or 0) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,6 +133,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the whole sweep (RSS and latency drift)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from serve_helpers import running_server
@@ -139,19 +149,21 @@ def main() -> None:
     with running_server(model, "--max-batch", str(max(args.clients)), "--max-queue", "256") as server:
         name = json.loads(urllib.request.urlopen(f"{server.url}/health").read())["model"]
         one_request(server.base, name, 0, 8)  # warm up (first-call compilation)
-        print(header)
-        for clients in args.clients:
-            together = run(server.base, name, clients, args.per_client, args.max_tokens, concurrent=True)
-            alone = run(server.base, name, clients, args.per_client, args.max_tokens, concurrent=False)
-            for mode, r in (("concurrent", together), ("one by one", alone)):
-                print(
-                    f"{clients:>7} {mode:>10} {r['rps']:>7.2f} {r['tps']:>8.1f} {r['p50']:>7.2f} "
-                    f"{r['p95']:>7.2f} {r['first_p50']:>9.2f} {r['batch_rows']:>5}"
-                )
-            same = together["texts"] == alone["texts"]
-            print(
-                f"{'':>7} {'':>10} speed-up x{together['tps'] / alone['tps']:.2f}, answers identical: {same}"
-            )
+        print(f"server RSS after warm-up: {rss_mb(server.proc.pid):.0f} MB")
+        for round_ in range(args.rounds):
+            print(header if args.rounds == 1 else f"round {round_ + 1}\n{header}")
+            for clients in args.clients:
+                together = run(server.base, name, clients, args.per_client, args.max_tokens, concurrent=True)
+                alone = run(server.base, name, clients, args.per_client, args.max_tokens, concurrent=False)
+                for mode, r in (("concurrent", together), ("one by one", alone)):
+                    print(
+                        f"{clients:>7} {mode:>10} {r['rps']:>7.2f} {r['tps']:>8.1f} {r['p50']:>7.2f} "
+                        f"{r['p95']:>7.2f} {r['first_p50']:>9.2f} {r['batch_rows']:>5}"
+                    )
+                same = together["texts"] == alone["texts"]
+                speedup = together["tps"] / alone["tps"]
+                print(f"{'':>18} speed-up x{speedup:.2f}, answers identical: {same}")
+            print(f"server RSS: {rss_mb(server.proc.pid):.0f} MB")
 
 
 if __name__ == "__main__":
