@@ -101,6 +101,19 @@ def test_n_choices_are_the_requests_seeded_seed_plus_i(client):
     assert both.choices[1].message.content == second.choices[0].message.content
 
 
+def test_streamed_choices_add_up_to_the_whole_choices(client):
+    whole = chat(client, seed=20, n=3, max_tokens=16).choices
+    texts = {0: "", 1: "", 2: ""}
+    finishes = {}
+    for chunk in chat(client, seed=20, n=3, max_tokens=16, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole]
+    assert [finishes[i] for i in range(3)] == [c.finish_reason for c in whole]
+
+
 def test_thinking_goes_to_reasoning_content_not_content(client, lib):
     model, tokenizer = lib
     think = {"chat_template_kwargs": {"enable_thinking": True}}

@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.parse
 
+import pytest
 from serve_helpers import DGEMMA, raw, running_server, thinking_model, wait_until
 
 
@@ -54,6 +55,7 @@ def start_streams(server, count: int, max_tokens: int, **extra) -> tuple[list[li
     ]
     for t in threads:
         t.start()
+
     def loaded() -> bool:  # every request arrived, and most are still running (none may end first)
         health = raw("GET", f"{server.url}/health")[1]
         return health["requests"] == count and health["rows_running"] + health["rows_waiting"] >= count - 1
@@ -81,10 +83,11 @@ def refused(url: str) -> bool:
     return False
 
 
-def test_sigterm_lets_running_streams_finish_and_releases_the_port(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_lets_running_streams_finish_and_releases_the_port(tmp_path, sig):
     with running_server(thinking_model(tmp_path), "--max-batch", "8", "--shutdown-timeout", "30") as server:
         outs, threads = start_streams(server, 6, max_tokens=80)  # 10 canvases each
-        server.proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(sig)
         assert wait_until(lambda: refused(server.url), 10)  # no new connections from here on
         for t in threads:
             t.join(60)
