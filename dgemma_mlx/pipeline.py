@@ -1,0 +1,189 @@
+"""Pipeline mode: one model split by layers over the ranks of an `mx.distributed` group (`mlx.launch`),
+so N machines hold a model none of them could hold alone (docs/ARCHITECTURE.md, "Pipeline mode").
+
+Rank r holds a contiguous slice of the layer stack (`pipeline_plan.layer_split`, rank 0 the first
+layers) plus the shared tensors: the embedding (which is also the tied head), the final norm and the
+self-conditioning MLP. A forward runs the slices in rank order; the hidden states [B, S, H] go from
+rank r to rank r+1 with `mx.distributed.send`/`recv`. At the end of a decoder pass the last rank's
+hidden states are shared with every rank (`all_gather`, as mlx-lm's pipelined models do), and every
+rank computes the same logits and runs the same engine and sampler with the same seed: the decisions
+(canvas, draft, stop rule, self-conditioning) are identical on every rank with nothing else sent, and
+the tokens equal a single-process run's. What crosses the wire per pass is [B, L, H] activations:
+the [B, L, V] logits and self-conditioning probabilities never do (262,144 x 4 bytes per position
+against 2,816 x 2 at the released geometry).
+
+`PipelineModel` is the model as the engine sees it (like `server.frames.FramedModel`): `encode` and
+`decode` are the pipelined ones, everything else is the wrapped `Model`'s own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .cache import PromptCache
+from .config import FULL, SLIDING
+from .errors import DGemmaError
+from .model import Model, rms_norm_no_scale
+from .pipeline_plan import layer_split
+
+
+class PipelineModel:
+    """A `Model` whose layers outside `layers` were dropped, run as one stage of a pipeline."""
+
+    def __init__(self, model: Model, group: Any, layers: range):
+        self.model = model
+        self.group = group
+        self.rank, self.size = group.rank(), group.size()
+        self.owned = layers
+        self.bytes_sent = 0  # activations this rank sent (send + its all_gather share), for `dgemma bench`
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    # -- the wire ------------------------------------------------------------------------------------
+    def _receive(self, shape: tuple[int, ...]) -> mx.array:
+        return mx.distributed.recv(shape, self.model.dtype, self.rank - 1, group=self.group)
+
+    def _send(self, h: mx.array) -> mx.array:
+        if h.dtype != self.model.dtype:  # the receiver allocates the model dtype: a mismatch is a bug
+            raise RuntimeError(f"pipeline activations are {h.dtype}, expected {self.model.dtype}")
+        self.bytes_sent += h.nbytes
+        return mx.distributed.send(h, self.rank + 1, group=self.group)
+
+    def _first_owned(self, kind: str) -> int | None:
+        return next((i for i in self.owned if self.model.text.layer_types[i] == kind), None)
+
+    # -- the two modes, as Model.encode / Model.decode over this rank's layers --------------------------
+    def encode(self, ids: mx.array, cache: PromptCache) -> None:
+        """Model.encode's causal pass over this rank's layers; evaluated here, so the messages of two
+        forwards can never be matched out of order."""
+        model, text = self.model, self.model.text
+        B, S = ids.shape
+        n = cache.offset
+        h = model.embed(ids) if self.is_first else self._receive((B, S, text.hidden_size))
+        masks = {}
+        for t in (SLIDING, FULL):
+            idx = self._first_owned(t)
+            if idx is not None:
+                cached = cache.layers[idx].length
+                window = text.sliding_window if t == SLIDING else None
+                masks[t] = model._encoder_mask(S, cached, n - cached, window, cache)
+        scalars = model.model.encoder.language_model.layers
+        last = text.num_hidden_layers - 1
+        for i in self.owned:
+            layer = model.layers[i]
+            if i == last:  # only its keys and values are needed
+                keys, values = layer.self_attn.keys_values(layer.input_layernorm(h), n)
+                cache.layers[i].attend(keys, values)
+                break
+            h = layer(h, cache.layers[i], n, masks[text.layer_types[i]], scalars[i].layer_scalar)
+        cache.offset = n + S
+        mx.eval(cache.state(), *([] if self.is_last else [self._send(h)]))
+
+    def decode(
+        self,
+        canvas: mx.array,
+        cache: Any,
+        self_conditioning_logits: mx.array | None = None,
+        *,
+        self_conditioning_probs: mx.array | None = None,
+    ) -> mx.array:
+        """Model.decode over this rank's layers; every rank returns the same float32 logits."""
+        model, text = self.model, self.model.text
+        B, L = canvas.shape
+        n = cache.offset
+        if self.is_first:
+            x = model.embed(canvas)
+            probs = self_conditioning_probs
+            if probs is None and self_conditioning_logits is not None:
+                probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1)
+            if probs is None:
+                x = rms_norm_no_scale(x, text.rms_norm_eps)
+            else:
+                soft = model.soft_embed(probs.astype(x.dtype)) * model.embed_scale
+                x = model.model.decoder.self_conditioning(x, soft)
+        else:
+            x = self._receive((B, L, text.hidden_size))
+        masks = {}
+        for i in self.owned:
+            t = text.layer_types[i]
+            if t not in masks:
+                cached = cache.layers[i].length
+                masks[t] = self._decoder_mask(L, cached, n - cached, cache)
+            layer = model.layers[i]
+            x = layer(x, cache.layers[i].read_only(), n, masks[t], layer.layer_scalar)
+        if not self.is_last:
+            x = self._send(x)
+        self.bytes_sent += x.nbytes * (self.size - 1)  # a ring all_gather forwards size-1 blocks
+        x = mx.distributed.all_gather(x, group=self.group)[(self.size - 1) * B :]
+        decoder = model.model.decoder
+        logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
+        cap = text.final_logit_softcapping
+        if cap:
+            from mlx_lm.models import gemma4_text
+
+            return gemma4_text.logit_softcap(cap, logits)
+        return logits
+
+    def _decoder_mask(self, *args: Any) -> Any:
+        # Looked up on the instance first, so server.frames.FramedModel's per-call override applies.
+        return self.model._decoder_mask(*args)
+
+    def parameter_count(self) -> int:
+        """Parameters this rank holds (quantized weights count their packed elements)."""
+        return sum(v.size for _, v in tree_flatten(self.model.parameters()))
+
+
+def drop_layers(model: Model, keep: range) -> None:
+    """Forget the layers outside `keep` (as mlx-lm's `pipeline` does): their lazily mapped weights are
+    never evaluated, so never read from disk. Layer numbers stay as they were."""
+    layers = model.model.decoder.layers
+    for i in range(len(layers)):
+        if i not in keep:
+            layers[i] = None
+
+
+def init_group(strict: bool = True) -> Any:
+    """The `mlx.launch` group; a lone process is one line, not a hang or a silent single-rank run."""
+    group = mx.distributed.init()
+    if strict and group.size() < 2:
+        raise DGemmaError(
+            "--pipeline splits the model over the processes of `mlx.launch` "
+            "(e.g. `mlx.launch -n 2 --backend ring dgemma generate --pipeline ...`); this is a lone process"
+        )
+    return group
+
+
+def load_pipeline(
+    path_or_repo: str | Path, group: Any, dtype: str | None = None, force: bool = False
+) -> tuple[PipelineModel, Any]:
+    """Load only this rank's stage: (PipelineModel, tokenizer). The memory guard checks this rank's
+    share (`pipeline_plan`), not the whole model."""
+    from . import memory
+    from .loading import load_model, resolve_model_path
+    from .pipeline_plan import check_share_fits, model_shares
+    from .tokenizer import has_tokenizer, load_tokenizer
+
+    model_dir = resolve_model_path(path_or_repo)
+    share = model_shares(model_dir, group.size(), memory.CONTEXT_FOR_ESTIMATE)[group.rank()]
+    check_share_fits(model_dir, share, group.size(), force=force)
+    model, model_dir = load_model(model_dir, dtype=dtype, lazy=True)
+    layers = layer_split(model.text.num_hidden_layers, group.size())[group.rank()]
+    drop_layers(model, layers)
+    mx.eval(model.parameters())
+    model.model_dir = model_dir
+    tokenizer = load_tokenizer(model_dir) if has_tokenizer(model_dir) else None
+    mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group))  # every rank loaded: start together
+    return PipelineModel(model, group, layers), tokenizer
