@@ -173,14 +173,28 @@ def batch(
     system: str | None = typer.Option(None, "--system", help="System prompt for lines without their own."),
     chat_template: bool = typer.Option(True, "--chat-template/--raw", help="Use the model's chat template."),
     force: bool = force_option(),
+    rank_timeout: float = typer.Option(
+        120.0, "--rank-timeout", min=1.0, help="Under mlx.launch: seconds before a silent rank is lost."
+    ),
     *,
     flags: GenerationFlags,
 ) -> None:
     """Answer every prompt in a file; each result is appended and flushed to OUT the moment it is done.
 
-    Malformed lines are reported with their line numbers (exit status 1) while the rest run.
+    Malformed lines are reported with their line numbers (exit status 1) while the rest run. Under
+    `mlx.launch` every rank runs the whole model and takes its share of the batches; rank 0 holds IN
+    and OUT and writes every row, exactly as one process would.
     """
     with user_errors():
+        from dgemma_mlx.distributed import init, launched
+
+        ranks = init() if launched() else None
+        if ranks is not None and ranks.distributed:
+            from .distributed_batch import batch_across_ranks
+
+            settings = {"batch_size": batch_size, "chat_template": chat_template, "system": system}
+            args = (input_name, output, input_format.value, resume, errors)
+            return batch_across_ranks(ranks, args, model, settings, flags, force, rank_timeout)
         from dgemma_mlx.batch import BatchRun  # reads and checks the files; no model stack yet
 
         from .view import BatchProgress

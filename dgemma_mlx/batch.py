@@ -33,17 +33,18 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from .errors import DGemmaError
-from .events import CanvasEvent, FinishEvent, GenerationResult, RowResult
+from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent, RowResult
+from .fast_presets import FAST_KEY, expand
 from .generation_config import GenerationConfig
 
-OVERRIDE_KEYS = frozenset(f.name for f in fields(GenerationConfig))
+OVERRIDE_KEYS = frozenset(f.name for f in fields(GenerationConfig)) | {FAST_KEY}  # a row may name a preset
 REQUEST_KEYS = frozenset({"id", "prompt", "messages", "system"})
 FORMATS = ("auto", "jsonl", "text")
 
@@ -141,8 +142,9 @@ def parse_json_line(text: str, line_no: int) -> Request | BadLine:
     unknown = sorted(set(row) - REQUEST_KEYS - OVERRIDE_KEYS)
     if unknown:
         return BadLine(line_no, f"unknown field(s): {', '.join(unknown)}", rid)
-    overrides = {k: v for k, v in row.items() if k in OVERRIDE_KEYS and v is not None}
     try:
+        overrides = expand({k: v for k, v in row.items() if k in OVERRIDE_KEYS and v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         GenerationConfig().replace(**overrides)
     except (DGemmaError, TypeError) as e:
         return BadLine(line_no, str(e), rid)
@@ -391,15 +393,26 @@ def result_row(result: GenerationResult, b: int) -> dict[str, Any]:
     return row_record(result.row(b))
 
 
-def generate_batch(model: Any, tokenizer: Any, batch: list[Job], seed: int | None = None) -> Iterator[dict]:
-    """Generate one batch, yielding each row's record (with its `id`) the moment the row is final."""
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    batch: list[Job],
+    seed: int | None = None,
+    on_pass: Callable[[], None] | None = None,
+) -> Iterator[dict]:
+    """Generate one batch, yielding each row's record (with its `id`) the moment the row is final.
+
+    `on_pass` runs after every denoising pass: data-parallel ranks exchange rows and heartbeats there
+    (batch_ranks.py), so a peer never waits longer than one pass for them."""
     overrides = batch[0].overrides
     from .api import stream_generate
 
     events = stream_generate(model, tokenizer, [job.ids for job in batch], seed=seed, **overrides)
     written = set()
     for event in events:
-        if isinstance(event, CanvasEvent):
+        if on_pass is not None and isinstance(event, PassEvent):
+            on_pass()
+        elif isinstance(event, CanvasEvent):
             for row in event.rows:
                 written.add(row.index)
                 yield {"id": batch[row.index].request.id, **row_record(row)}

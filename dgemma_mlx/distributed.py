@@ -7,9 +7,10 @@ collectives (a byte string is a uint8 array with a length gathered first).
 
 The pieces, each usable alone (`batch_ranks.py` for data-parallel batch; the pipeline mode too):
 
-- `init()` -> `Ranks`: the group, this rank, the size, and a printable name for every rank
-  (`rank 1 (10.0.0.2:32324)`, from the ring hostfile when there is one). Outside a launcher it is a
-  group of one and callers run exactly as a single process does.
+- `launched()` (read from the environment, no MLX import) and `init()` -> `Ranks`: the group, this
+  rank, the size, and a printable name for every rank (`rank 1 (10.0.0.2:32324)`, from the ring
+  hostfile when there is one). Outside a launcher it is a group of one and callers run exactly as a
+  single process does.
 - `handshake()`: before any heavy work, every rank shows a SHA-256 per named part (the checkpoint's
   `checkpoint_fingerprint`, the settings) and whether its own set-up failed. Ranks started with other
   model files or settings refuse together, each with one line naming the first rank that differs
@@ -101,6 +102,12 @@ def ring_hosts(environ: Mapping[str, str] = os.environ) -> list[str]:
         return []
 
 
+def launched(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a launcher (mlx.launch, mpirun) started this process: read from the environment, so a
+    plain run decides without importing MLX."""
+    return any(k in environ for k in (*LAUNCH_ENV, "MLX_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"))
+
+
 def init(backend: str = "any") -> Ranks:
     """Join the group `mlx.launch` (or mpirun) set up; a group of one when started alone.
 
@@ -157,6 +164,12 @@ def stop_on_sigterm(ranks: Ranks) -> None:
         )
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def done_with_peers() -> None:
+    """After the last collective: a SIGTERM now (the launcher reacting to another rank's ordinary exit)
+    cannot cost anything, so it ends this rank quietly with status 0."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 class Watchdog:
