@@ -38,6 +38,7 @@ from .options import (
     view_option,
     with_generation_flags,
 )
+from .pipeline import check_pipeline_prompt, is_follower, load_stage, pipeline_option
 from .serve import serve_command
 from .sudoku import sudoku_command
 
@@ -90,6 +91,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     view: ViewKind = view_option(),
     force: bool = force_option(),
+    pipeline: bool = pipeline_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -99,14 +101,22 @@ def generate(
             raise typer.BadParameter("--system needs the chat template (drop --raw)", param_hint="--system")
         if system is not None:
             check_utf8(system, "'--system'", "the system prompt")
+        if pipeline:
+            check_pipeline_prompt(prompt)
         text = read_prompt(prompt)
         chosen = resolve_model(model)
-        with loading(chosen, quiet=view == ViewKind.none):
+        with loading(chosen, quiet=view == ViewKind.none or is_follower(pipeline)):
             from dgemma_mlx import load, stream_generate
 
             from .view import drive, make_view, print_answer
 
-            model_obj, tokenizer = load(chosen, force=force)
+            speak = True
+            if pipeline:
+                model_obj, tokenizer, ranks = load_stage(chosen, force)
+                speak = ranks.is_root  # a follower runs its stage of every forward and says nothing
+                view = view if speak else ViewKind.none
+            else:
+                model_obj, tokenizer = load(chosen, force=force)
         events = stream_generate(
             model_obj,
             tokenizer,
@@ -118,7 +128,8 @@ def generate(
             **flags.overrides,
         )
         result = drive(events, make_view(view.value, stderr, tokenizer)).result
-        print_answer(result, stderr, think=think, as_json=as_json, stats=view != ViewKind.none)
+        if speak:
+            print_answer(result, stderr, think=think, as_json=as_json, stats=view != ViewKind.none)
 
 
 @app.command()
@@ -130,6 +141,7 @@ def chat(
     load_file: Path | None = typer.Option(None, "--load", help="Continue a conversation saved with /save."),
     view: ViewKind = view_option(),
     force: bool = force_option(),
+    pipeline: bool = pipeline_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -140,17 +152,33 @@ def chat(
         if load_file is not None:
             require_file(load_file, "session file")
         chosen = resolve_model(model)
-        with loading(chosen, quiet=view == ViewKind.none):
+        with loading(chosen, quiet=view == ViewKind.none or is_follower(pipeline)):
             from dgemma_mlx import load
             from dgemma_mlx.session import ChatSession
 
             from .chat import ChatRepl
 
-            model_obj, tokenizer = load(chosen, force=force)
+            ranks = None
+            if pipeline:
+                model_obj, tokenizer, ranks = load_stage(chosen, force)
+            else:
+                model_obj, tokenizer = load(chosen, force=force)
         session = ChatSession(model_obj, tokenizer, system=system, enable_thinking=think, seed=flags.seed)
-        if load_file is not None:
+        if load_file is not None and (ranks is None or ranks.is_root):
             session.load(load_file)
         session.set_params(**flags.overrides)
+        if ranks is not None:
+            from dgemma_mlx.pipeline_session import SharedSession, follow
+
+            if not ranks.is_root:  # follows rank 0's turns (history, settings, --load included)
+                follow(session, ranks)
+                return
+            session = SharedSession(session, ranks)
+            try:
+                ChatRepl(session, stdout, stderr, view.value).run()
+            finally:
+                session.close()
+            return
         ChatRepl(session, stdout, stderr, view.value).run()
 
 

@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten
 
 from .cache import PromptCache
 from .config import FULL, SLIDING
+from .distributed import Ranks, init
 from .errors import DGemmaError
 from .model import Model, rms_norm_no_scale
 from .pipeline_plan import layer_split
@@ -155,32 +156,63 @@ def drop_layers(model: Model, keep: range) -> None:
             layers[i] = None
 
 
-def init_group(strict: bool = True) -> Any:
-    """The `mlx.launch` group; a lone process is one line, not a hang or a silent single-rank run."""
-    group = mx.distributed.init()
-    if strict and group.size() < 2:
+def pipeline_ranks() -> Ranks:
+    """The `mlx.launch` group (distributed.init); a lone process is one line, not a single-rank run."""
+    ranks = init()
+    if not ranks.distributed:
         raise DGemmaError(
             "--pipeline splits the model over the processes of `mlx.launch` "
             "(e.g. `mlx.launch -n 2 --backend ring dgemma generate --pipeline ...`); this is a lone process"
         )
-    return group
+    return ranks
+
+
+def start_pipeline(
+    path_or_repo: str | Path, settings: str, force: bool = False, dtype: str | None = None
+) -> tuple[PipelineModel, Any, Ranks]:
+    """Join the group, agree, load this rank's stage: (model, tokenizer, ranks).
+
+    Before any weight is read, every rank resolves the model, checks that its share fits, and
+    compares the checkpoint and `settings` with rank 0's (`distributed.handshake`): a rank with other
+    files, other options or too little memory makes every rank stop with one line, not a hang.
+    """
+    from .distributed import checkpoint_fingerprint, handshake, stop_on_sigterm
+    from .loading import resolve_model_path
+    from .memory import CONTEXT_FOR_ESTIMATE
+    from .pipeline_plan import check_share_fits, model_shares
+
+    ranks = pipeline_ranks()
+    error, fingerprint, model_dir = None, b"", None
+    try:
+        model_dir = resolve_model_path(path_or_repo)
+        fingerprint = checkpoint_fingerprint(model_dir)
+        share = model_shares(model_dir, ranks.size, CONTEXT_FOR_ESTIMATE)[ranks.rank]
+        check_share_fits(model_dir, share, ranks.size, force=force)
+    except DGemmaError as e:
+        error = e
+    handshake(ranks, {"model files": fingerprint, "settings": settings}, error)
+    stop_on_sigterm(ranks)
+    model, tokenizer = load_pipeline(model_dir, ranks, dtype=dtype)
+    return model, tokenizer, ranks
 
 
 def load_pipeline(
-    path_or_repo: str | Path, group: Any, dtype: str | None = None, force: bool = False
+    path_or_repo: str | Path, ranks: Ranks, dtype: str | None = None, force: bool = True
 ) -> tuple[PipelineModel, Any]:
-    """Load only this rank's stage: (PipelineModel, tokenizer). The memory guard checks this rank's
-    share (`pipeline_plan`), not the whole model."""
+    """Load only this rank's stage: (PipelineModel, tokenizer). Unless `force` (start_pipeline has
+    already checked), the memory guard checks this rank's share (`pipeline_plan`), not the whole model."""
     from . import memory
     from .loading import load_model, resolve_model_path
     from .pipeline_plan import check_share_fits, model_shares
     from .tokenizer import has_tokenizer, load_tokenizer
 
+    group = ranks.group
     model_dir = resolve_model_path(path_or_repo)
-    share = model_shares(model_dir, group.size(), memory.CONTEXT_FOR_ESTIMATE)[group.rank()]
-    check_share_fits(model_dir, share, group.size(), force=force)
+    if not force:
+        share = model_shares(model_dir, ranks.size, memory.CONTEXT_FOR_ESTIMATE)[ranks.rank]
+        check_share_fits(model_dir, share, ranks.size)
     model, model_dir = load_model(model_dir, dtype=dtype, lazy=True)
-    layers = layer_split(model.text.num_hidden_layers, group.size())[group.rank()]
+    layers = layer_split(model.text.num_hidden_layers, ranks.size)[ranks.rank]
     drop_layers(model, layers)
     mx.eval(model.parameters())
     model.model_dir = model_dir

@@ -1,0 +1,46 @@
+"""`--pipeline` for the generating commands: the option, and the model loaded as this rank's stage.
+
+Under `mlx.launch` every rank runs the same command; rank 0 speaks (views, answers, files), the
+others run their stage of every forward silently (dgemma_mlx/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+
+PIPELINE_HELP = (
+    "Under mlx.launch: split the model by layers over the processes, each holding ~1/N of the weights "
+    "(`dgemma info --pipeline N` shows each share)."
+)
+
+
+def pipeline_option() -> Any:
+    return typer.Option(False, "--pipeline", help=PIPELINE_HELP)
+
+
+def check_pipeline_prompt(prompt: str | None) -> None:
+    """mlx.launch forwards stdin to every rank but never closes it: a piped prompt would never end."""
+    if prompt is None or prompt == "-":
+        raise typer.BadParameter(
+            "with --pipeline give the prompt as -p TEXT (mlx.launch never closes stdin)",
+            param_hint="'-p' / '--prompt'",
+        )
+
+
+def is_follower(pipeline: bool) -> bool:
+    """A rank other than 0 of a launched job, known from the environment before MLX is imported (so
+    only rank 0 says `loading …`)."""
+    from dgemma_mlx.distributed import LAUNCH_ENV
+
+    return pipeline and any(os.environ.get(k, "0") not in ("", "0") for k in LAUNCH_ENV)
+
+
+def load_stage(chosen: str, force: bool) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, ranks): this rank's stage, after every rank agreed on files and options."""
+    from dgemma_mlx.pipeline import start_pipeline
+
+    return start_pipeline(chosen, settings="\0".join(sys.argv[1:]), force=force)
