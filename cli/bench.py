@@ -42,10 +42,12 @@ RANDOM_DEFAULT = "4bit"
 JSON_KEYS_HELP = (
     "--json prints one object: setup {geometry, weights, layers, hidden_size, vocab_size, experts, "
     "canvas_length, parameters_total, parameters_active, device, mlx_version, max_denoising_steps, repeats, "
-    "statistic, ar_tokens, seed} and rows [{precision, dtype, prompt_tokens, canvases, weights_gb, "
+    "statistic, ar_tokens, seed, fast} and rows [{precision, sampler, dtype, prompt_tokens, canvases, "
+    "weights_gb, "
     "prefill_tok_s, pass_ms, forward_ms, outside_ms, outside_pct, passes_per_canvas, tokens_per_forward, "
     "ttfc_ms, tok_s, peak_memory_gb, ar_prefill_tok_s, ar_ms_per_token, ar_peak_memory_gb, "
-    "break_even_tokens_per_pass}] (ar_* and break_even null without --ar)."
+    "break_even_tokens_per_pass}] (ar_* and break_even null without --ar; fast null without --fast/--knobs, "
+    "else its label and knobs; sampler is exact, or the preset's name / knobs on the fast rows)."
 )
 
 
@@ -98,6 +100,19 @@ def bench_command(
     ar: bool = typer.Option(False, "--ar", help="Also decode with mlx-lm's gemma4_text (same weights)."),
     ar_tokens: int = typer.Option(32, "--ar-tokens", help="Tokens each autoregressive run decodes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights, prompts and sampler."),
+    fast: str | None = typer.Option(
+        None,
+        "--fast",
+        metavar="PRESET",
+        help="Also run every grid point with this fast-decoding preset, interleaved with the exact sampler "
+        "(a row each).",
+    ),
+    knobs: str | None = typer.Option(
+        None,
+        "--knobs",
+        help="Fast-decoding knobs as key=value pairs (e.g. 'max_passes=16 self_conditioning_top_k=8'), "
+        "on top of --fast or alone.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (keys below)."),
     force: bool = force_option(),
 ) -> None:
@@ -161,13 +176,29 @@ def _spec(o: dict[str, Any]) -> BenchSpec:
     precisions = tuple(
         parse_precision(n, o["dtype"] or _default_dtype(n), o["recipe"], o["group_size"]) for n in names
     )
+    chosen_knobs = _knobs(o["fast"], o["knobs"])
     from dgemma_mlx.bench import BenchSpec  # MLX, mlx-lm and the model stack: only past the checks
 
     return BenchSpec(
         geometry=name, model=chosen, layers=o["layers"], prompt_lengths=lengths, canvases=counts,
         precisions=precisions, passes=o["passes"], repeats=o["repeats"], best=o["best"], ar=o["ar"],
-        ar_tokens=o["ar_tokens"], seed=o["seed"], force=o["force"],
+        ar_tokens=o["ar_tokens"], seed=o["seed"], force=o["force"], fast=tuple(chosen_knobs.items()),
+        fast_label=o["fast"] or "knobs",
     )  # fmt: skip
+
+
+def _knobs(preset: str | None, text: str | None) -> dict[str, Any]:
+    """--fast and --knobs as fast-decoding overrides, checked (plain Python: no MLX)."""
+    from dgemma_mlx.fast_presets import FAST_FIELDS, FAST_KEY, expand
+    from dgemma_mlx.generation_config import check_fields, parse_overrides
+
+    given = parse_overrides(text) if text else {}
+    if other := sorted(set(given) - set(FAST_FIELDS)):
+        raise DGemmaError(f"--knobs takes fast-decoding knobs ({', '.join(FAST_FIELDS)}), not {other[0]}")
+    chosen = expand({FAST_KEY: preset, **given}) if preset is not None else given
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    check_fields(**chosen)
+    return chosen
 
 
 def _default_dtype(name: str) -> str:
@@ -218,6 +249,7 @@ class Progress:
 
 COLUMNS = (
     ("precision", "precision", ""),
+    ("sampler", "sampler", ""),
     ("prompt_tokens", "prompt", "d"),
     ("canvases", "canvases", "d"),
     ("weights_gb", "weights GB", ".2f"),

@@ -80,18 +80,55 @@ class GenerationFlags:
     t_min: float | None = None
     t_max: float | None = None
     seed: int | None = None
+    fast: str | None = None  # a preset of dgemma_mlx/fast_presets.py
+    max_passes: int | None = None
+    accept_confidence: float | None = None
+    commit_confidence: float | None = None
+    commit_stability: int | None = None
+    self_conditioning_top_k: int | None = None
 
     @property
     def overrides(self) -> dict[str, Any]:
-        """As generation_config overrides (its names); options left unset are left out."""
+        """As generation_config overrides (its names), the --fast preset expanded (explicit knobs win);
+        options left unset are left out."""
+        from dgemma_mlx.fast_presets import FAST_FIELDS, FAST_KEY, expand  # plain Python: no MLX
+
         values = {
             "max_new_tokens": self.max_tokens,
             "max_denoising_steps": self.steps,
             "entropy_bound": self.entropy_bound,
             "t_min": self.t_min,
             "t_max": self.t_max,
+            **{name: getattr(self, name) for name in FAST_FIELDS},
         }
+        if self.fast is not None:
+            values = expand({FAST_KEY: self.fast, **values})
         return {k: v for k, v in values.items() if v is not None}
+
+
+def _fast_options() -> dict[str, tuple[Any, Any]]:
+    """--fast PRESET and one option per fast-decoding knob (off by default: the reference sampler)."""
+    from dgemma_mlx.fast_presets import KNOBS, PRESETS, describe
+
+    presets = "; ".join(describe(name) for name in PRESETS)
+    options: dict[str, tuple[Any, Any]] = {
+        "fast": (
+            str | None,
+            typer.Option(
+                None,
+                "--fast",
+                metavar="PRESET",
+                help=f"Opt-in fast decoding preset ({presets}); knobs given too win. Off by default.",
+                rich_help_panel="Fast decoding (opt-in)",
+            ),
+        )
+    }
+    kinds = {"max_passes": int, "commit_stability": int, "self_conditioning_top_k": int}
+    for name, text in KNOBS.items():
+        flag = "--" + name.replace("_", "-")
+        option = typer.Option(None, flag, help=text, rich_help_panel="Fast decoding (opt-in)")
+        options[name] = (kinds.get(name, float) | None, option)
+    return options
 
 
 # Declared once, added to each generating command by `with_generation_flags`.
@@ -108,6 +145,7 @@ _FLAG_OPTIONS: dict[str, tuple[Any, Any]] = {
     "t_min": (float | None, typer.Option(None, "--t-min", help="Temperature on the last pass.")),
     "t_max": (float | None, typer.Option(None, "--t-max", help="Temperature on the first pass.")),
     "seed": (int | None, typer.Option(None, "--seed", help="Sampling seed, for reproducible output.")),
+    **_fast_options(),
 }
 
 

@@ -23,6 +23,7 @@ from .cache import PromptCache
 from .engine import CanvasInit, FixedPositions, StopRequested, block_diffusion
 from .errors import DGemmaError
 from .events import CanvasEvent, FinishEvent, GenerationResult, PassEvent, RowResult
+from .fast_presets import expand
 from .generation_config import GenerationConfig
 from .model import Model
 from .noise import MLXNoise, NoiseSource
@@ -91,13 +92,15 @@ def prompt_to_ids(
 def resolve_config(
     model: Model, tokenizer=None, config: GenerationConfig | None = None, **overrides: Any
 ) -> GenerationConfig:
-    """Explicit overrides > `config` > the checkpoint's generation_config.json > global defaults."""
+    """Explicit overrides > `config` > the checkpoint's generation_config.json > global defaults.
+
+    `fast="PRESET"` among the overrides sets the opt-in fast-decoding knobs (fast_presets.py)."""
     base = config or GenerationConfig.from_model_dir(getattr(model, "model_dir", None))
     if base.eos_token_id is None:
         eos = sorted(tokenizer.eos_token_ids) if tokenizer is not None else list(model.text.eos_token_id)
         if eos:
             base = base.replace(eos_token_id=eos)
-    return base.replace(**overrides)
+    return base.replace(**expand(overrides))
 
 
 @contextlib.contextmanager

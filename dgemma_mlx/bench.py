@@ -40,7 +40,7 @@ FIRST_ID = 3  # prompts are random ids above <pad> 0, <eos> 1, <bos> 2
 
 # The keys of each row of the report, in order (documented in `dgemma bench --help`).
 ROW_KEYS = (
-    "precision", "dtype", "prompt_tokens", "canvases", "weights_gb", "prefill_tok_s", "pass_ms",
+    "precision", "sampler", "dtype", "prompt_tokens", "canvases", "weights_gb", "prefill_tok_s", "pass_ms",
     "forward_ms", "outside_ms", "outside_pct", "passes_per_canvas", "tokens_per_forward", "ttfc_ms",
     "tok_s", "peak_memory_gb", "ar_prefill_tok_s", "ar_ms_per_token", "ar_peak_memory_gb",
     "break_even_tokens_per_pass",
@@ -64,15 +64,22 @@ class BenchSpec:
     ar_tokens: int = 32
     seed: int = 0
     force: bool = False  # load a checkpoint past the memory guard
+    fast: tuple[tuple[str, Any], ...] = ()  # fast-decoding knobs: each grid point also runs with them
+    fast_label: str = "fast"  # the sampler column of those rows (a preset's name, or "knobs")
 
     @property
     def random_weights(self) -> bool:
         return self.model is None and self.geometry != SUDOKU
 
     def steps(self) -> int:
-        """Progress steps: per precision one build, per configuration one warm-up and the repeats."""
+        """Progress steps: per precision one build, per configuration one warm-up and the repeats
+        (a repeat runs every sampler)."""
         configs = len(self.prompt_lengths) * len(self.canvases)
         return len(self.precisions) * (1 + configs * (1 + self.repeats))
+
+    def samplers(self) -> list[tuple[str, dict[str, Any]]]:
+        """(label, knob overrides) per sampler measured: the exact one, then the fast one if asked."""
+        return [("exact", {})] + ([(self.fast_label, dict(self.fast))] if self.fast else [])
 
 
 @dataclass
@@ -128,15 +135,18 @@ def load_model(spec: BenchSpec, precision: Precision) -> Model:
 
 
 def generation_config(
-    spec: BenchSpec, model: Model, canvases: int, passes: int | None = None
+    spec: BenchSpec, model: Model, canvases: int, passes: int | None = None, knobs: dict | None = None
 ) -> GenerationConfig:
     """The checkpoint's own sampler settings (defaults for random weights), with exactly `canvases`
-    canvases: EOS and padding off, so every row commits the same work whatever the model drafts."""
+    canvases: EOS and padding off, so every row commits the same work whatever the model drafts;
+    `knobs` are fast-decoding overrides (fast_presets.py)."""
     base = GenerationConfig() if spec.random_weights else GenerationConfig.from_model_dir(
         getattr(model, "model_dir", None)
     )
     steps = passes or spec.passes or (RANDOM_PASSES if spec.random_weights else base.max_denoising_steps)
-    config = base.replace(max_new_tokens=canvases * model.canvas_length, max_denoising_steps=steps)
+    config = base.replace(
+        max_new_tokens=canvases * model.canvas_length, max_denoising_steps=steps, **(knobs or {})
+    )
     return config.replace_explicit(eos_token_id=(), pad_token_id=None, max_length=None)
 
 
@@ -314,6 +324,7 @@ def describe(spec: BenchSpec, model: Model) -> dict[str, Any]:
         "statistic": "best" if spec.best else "median",
         "ar_tokens": spec.ar_tokens if spec.ar else None,
         "seed": spec.seed,
+        "fast": {"label": spec.fast_label, **dict(spec.fast)} if spec.fast else None,
     }
 
 
@@ -334,21 +345,30 @@ def _configurations(spec: BenchSpec) -> Iterator[tuple[int, int]]:
             yield length, canvases
 
 
-def measure(spec: BenchSpec, model: Model, twin: Any, length: int, canvases: int, progress: Progress) -> dict:
-    """One row: a warm-up run (2 passes, a short AR decode), then the repeats, each interleaving the
-    diffusion run, the forward alone and the AR run."""
+def measure(
+    spec: BenchSpec, model: Model, twin: Any, length: int, canvases: int, progress: Progress
+) -> list[dict]:
+    """A row per sampler: a warm-up run each (2 passes, a short AR decode), then the repeats, each
+    interleaving every sampler's diffusion run, forward alone and AR run (so a speed ratio between the
+    exact and a fast sampler holds on a machine whose speed drifts)."""
     prompt = prompt_ids(model, length, spec.seed)
     label = f"prompt {length}, {canvases} canvas{'es' if canvases > 1 else ''}"
-    diffusion_run(model, prompt, generation_config(spec, model, canvases, passes=2), spec.seed)
+    samplers = spec.samplers()
+    for _, knobs in samplers:
+        diffusion_run(model, prompt, generation_config(spec, model, canvases, 2, knobs), spec.seed)
     if twin is not None:
         ar_run(twin, prompt, 2)
     progress(f"{label}: warm-up")
-    config = generation_config(spec, model, canvases)
-    samples = []
+    configs = [generation_config(spec, model, canvases, knobs=knobs) for _, knobs in samplers]
+    samples: list[list[Sample]] = [[] for _ in samplers]
     for r in range(spec.repeats):
-        samples.append(one_sample(spec, model, twin, prompt, config))
+        for runs, config in zip(samples, configs, strict=True):
+            runs.append(one_sample(spec, model, twin, prompt, config))
         progress(f"{label}: repeat {r + 1}/{spec.repeats}")
-    return {"prompt_tokens": length, "canvases": canvases, **summarize(samples, spec.best, length)}
+    return [
+        {"sampler": name, "prompt_tokens": length, "canvases": canvases, **summarize(runs, spec.best, length)}
+        for (name, _), runs in zip(samplers, samples, strict=True)
+    ]
 
 
 @contextlib.contextmanager
@@ -379,9 +399,9 @@ def run_bench(spec: BenchSpec, progress: Progress | None = None) -> BenchReport:
             head = {"precision": precision.label(), "dtype": str(model.dtype).removeprefix("mlx.core.")}
             head["weights_gb"] = round(weight_bytes(model) / 1e9, 3)
             for length, canvases in _configurations(spec):
-                measured = measure(spec, model, twin, length, canvases, progress)
-                row = {**head, **measured}
-                report.rows.append({key: row[key] for key in ROW_KEYS})
+                for measured in measure(spec, model, twin, length, canvases, progress):
+                    row = {**head, **measured}
+                    report.rows.append({key: row[key] for key in ROW_KEYS})
         del model, twin
         gc.collect()
         mx.clear_cache()

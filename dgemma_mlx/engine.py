@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from . import fast
 from .cache import PromptCache
 from .checks import finite_logits
 from .errors import DGemmaError
@@ -216,6 +217,9 @@ class Canvas:
     pins: Pins | None
     stop_rule: StopRule | None
     self_conditioning: mx.array | None = None  # last pass's softmax(z): the next pass's soft-embedding mix
+    self_conditioning_ids: mx.array | None = None  # with self_conditioning_top_k: those k ids (fast.py)
+    frozen: mx.array | None = None  # [B, L] bool, with commit_confidence: positions committed early (fast.py)
+    streak: mx.array | None = None  # [B, L] int32, with commit_confidence: passes each draft repeated
     done: mx.array = field(init=False)  # [B] bool on device: the row stopped denoising this canvas
     done_np: np.ndarray = field(init=False)  # the same on the host, after the pass's sync
     passes: int = 0  # passes run on this canvas
@@ -309,7 +313,8 @@ def denoise_pass(
     canvas.passes += 1
     live = ~(canvas.done_np | generation.finished)
     generation.passes += live
-    raw = model.decode(canvas.x, generation.cache, self_conditioning_probs=canvas.self_conditioning)
+    sc, sc_ids = canvas.self_conditioning, canvas.self_conditioning_ids
+    raw = fast.decode(model, canvas.x, generation.cache, sc, sc_ids)
     temp = 1.0
     if config.uses_temperature:
         temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)  # type: ignore[arg-type]
@@ -319,8 +324,10 @@ def denoise_pass(
     if pins is not None:
         ent = mx.where(pins.mask, 0.0, ent)
         sample, draft = pins.apply(sample), pins.apply(draft)
+    ent, sample, draft = fast.hold_frozen(canvas, ent, sample, draft)  # opt-in knobs: no-ops by default
     accepted = accept_by_entropy(ent, config.entropy_bound)
     x = mx.where(accepted, sample, noise.canvas(B, L, V, live))
+    x, accepted = fast.accept(config, x, accepted, draft, confidence, canvas)
     if pins is not None:
         x = pins.apply(x)
     done = canvas.done
@@ -329,7 +336,9 @@ def denoise_pass(
             draft = mx.where(done[:, None], canvas.draft, draft)
             x = mx.where(done[:, None], canvas.x, x)
         done = done | canvas.stop_rule(draft, ent)
-    canvas.self_conditioning = model.self_conditioning_probs(scores.z, scores.probs)
+    done = fast.update(config, canvas, draft, confidence, done)
+    sc = fast.self_conditioning(model, config, scores.z, scores.probs)
+    canvas.self_conditioning, canvas.self_conditioning_ids = sc
     mx.eval(x, draft, done, accepted, ent, confidence)
     if canvas.passes == 1:
         finite_logits(raw)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DGemmaError
+from .fast_presets import FAST_KEY, expand
 from .jsonfile import read_json_object
 
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -33,6 +34,12 @@ class GenerationConfig:
     eos_token_id: tuple[int, ...] | None = None
     pad_token_id: int | None = None
     max_length: int | None = None
+    # Opt-in fast decoding (fast_presets.py, fast.py): None is off, the reference sampler.
+    max_passes: int | None = None
+    accept_confidence: float | None = None
+    commit_confidence: float | None = None
+    commit_stability: int | None = None
+    self_conditioning_top_k: int | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GenerationConfig:
@@ -112,6 +119,10 @@ def _number(value: Any, minimum: float, inclusive: bool) -> bool:
     return value >= minimum if inclusive else value > minimum
 
 
+def _probability(value: Any) -> bool:
+    return _number(value, 0, False) and value <= 1
+
+
 # Each field's rule and how it reads in a message: (check, description, may be None).
 _RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "max_new_tokens": (lambda v: _integer(v, 1), "an integer >= 1", False),
@@ -128,6 +139,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     ),
     "pad_token_id": (lambda v: _integer(v, 0), "an integer >= 0 (or none)", True),
     "max_length": (lambda v: _integer(v, 1), "an integer >= 1 (or none)", True),
+    "max_passes": (lambda v: _integer(v, 1), "an integer >= 1 (or none)", True),
+    "accept_confidence": (_probability, "a number in (0, 1] (or none)", True),
+    "commit_confidence": (_probability, "a number in (0, 1] (or none)", True),
+    "commit_stability": (lambda v: _integer(v, 1), "an integer >= 1 (or none)", True),
+    "self_conditioning_top_k": (lambda v: _integer(v, 1), "an integer >= 1 (or none)", True),
 }
 
 
@@ -171,12 +187,14 @@ def parse_overrides(text: str) -> dict[str, Any]:
     """`key=value` pairs separated by spaces or commas -> generation overrides (aliases resolved).
 
     The one parser for every place a person types parameters: chat's /params and the benchmarks'
-    --set. A value of `none` unsets a parameter (use `GenerationConfig.replace_explicit` with it).
+    --set. A value of `none` unsets a parameter (use `GenerationConfig.replace_explicit` with it);
+    `fast=PRESET` sets the fast-decoding knobs to a preset (fast_presets.expand).
     """
     out: dict[str, Any] = {}
     for pair in filter(None, _PAIR_START.split(text.strip())):
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise DGemmaError(f"expected key=value pairs, got {pair!r}")
-        out[PARAMETER_ALIASES.get(key, key)] = parse_value(value)
-    return out
+        name = PARAMETER_ALIASES.get(key, key)
+        out[name] = value.strip() if name == FAST_KEY else parse_value(value)  # a preset's name
+    return expand(out)

@@ -33,7 +33,7 @@ Q4 = parse_precision("4bit", "float32")  # float32 activations: MLX's CPU kernel
 SETUP_KEYS = {
     "geometry", "weights", "layers", "hidden_size", "vocab_size", "experts", "canvas_length",
     "parameters_total", "parameters_active", "device", "mlx_version", "max_denoising_steps", "repeats",
-    "statistic", "ar_tokens", "seed",
+    "statistic", "ar_tokens", "seed", "fast",
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DGemmaError
+from ..fast_presets import FAST_FIELDS, FAST_KEY, expand
 from ..generation_config import GenerationConfig, check_fields
 
 # Diffusion settings a request may carry as extra body fields (generation_config.json's names).
@@ -28,6 +29,7 @@ DIFFUSION_FIELDS = (
     "t_max",
     "stability_threshold",
     "confidence_threshold",
+    *FAST_FIELDS,  # the opt-in fast-decoding knobs; `fast` names a preset of them (fast_presets.py)
 )
 # Fields accepted and ignored: bookkeeping that changes nothing about the answer.
 IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls"}
@@ -45,7 +47,7 @@ DEFAULT_ONLY: dict[str, tuple[Any, ...]] = {
     "tool_choice": (None, "none"),
 }
 UNSUPPORTED = ("tools", "functions", "function_call", "audio", "prediction", "suffix", "web_search_options")
-COMMON = {"model", "stream", "max_tokens", "n", "seed", "stop", "stream_passes", *DIFFUSION_FIELDS}
+COMMON = {"model", "stream", "max_tokens", "n", "seed", "stop", "stream_passes", FAST_KEY, *DIFFUSION_FIELDS}
 CHAT_FIELDS = COMMON | {
     "messages",
     "max_completion_tokens",
@@ -167,6 +169,12 @@ def _stop(body: dict) -> list[str]:
 
 def _config(body: dict, base: GenerationConfig) -> GenerationConfig:
     overrides = {}
+    if body.get(FAST_KEY) is not None:
+        try:
+            knobs = expand({FAST_KEY: body[FAST_KEY]})
+            body = {**body, **{k: v for k, v in knobs.items() if body.get(k) is None}}
+        except DGemmaError as e:
+            raise _bad(str(e), FAST_KEY) from None
     for name in DIFFUSION_FIELDS:
         if body.get(name) is not None:
             try:

@@ -39,6 +39,7 @@ from ..cache import PromptCache
 from ..engine import Generation, finalize_canvas, start_canvas
 from ..engine import denoise_pass as engine_denoise_pass
 from ..errors import DGemmaError
+from ..fast_presets import FAST_FIELDS
 from ..generation_config import GenerationConfig
 from ..model import Model
 from ..noise import MLXNoise, RowStream
@@ -54,6 +55,7 @@ SETTINGS = (
     "confidence_threshold",
     "eos_token_id",
     "pad_token_id",
+    *FAST_FIELDS,
 )
 
 
