@@ -1,0 +1,71 @@
+"""Run under `mlx.launch` by tests/test_pipeline.py: one rank of a pipelined model, reporting as JSON.
+
+One launch does it all, since each costs seconds of start-up: `dgemma generate --pipeline` and a
+two-turn `dgemma chat --pipeline` (in this process, through Typer's runner), then the library: the
+layers this rank holds, the parameters it loaded, a two-row generation and a two-turn chat (rank 0
+leads, the others follow), and the bytes it sent. Prints one JSON line per rank.
+"""
+
+import json
+import sys
+
+from mlx.utils import tree_flatten
+from typer.testing import CliRunner
+
+from dgemma_mlx import generate
+from dgemma_mlx.pipeline import load_pipeline, pipeline_ranks
+from dgemma_mlx.pipeline_session import SharedSession, follow
+from dgemma_mlx.session import ChatSession
+
+PROMPTS = ["hello there how are you", "what is the moon"]
+TURNS = ["hello there", "how are you"]
+GENERATE_ARGS = ["-p", PROMPTS[0], "--seed", "3", "--max-tokens", "24", "--json", "--view", "none"]
+CHAT_ARGS = ["--seed", "5", "--view", "none"]
+CHAT_SCRIPT = "\n".join([*TURNS, "/quit", ""])
+
+
+def commands(model_dir: str) -> dict[str, dict[str, object]]:
+    """The two commands with --pipeline, as each rank ran them: exit code, stdout, stderr."""
+    from dgemma_mlx.cli.app import app
+
+    chat = ["chat", "-m", model_dir, *CHAT_ARGS, "--pipeline"]
+    runs = {
+        "generate": CliRunner().invoke(app, ["generate", "-m", model_dir, *GENERATE_ARGS, "--pipeline"]),
+        "chat": CliRunner().invoke(app, chat, input=CHAT_SCRIPT),
+    }
+    return {k: {"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr} for k, r in runs.items()}
+
+
+def main(model_dir: str) -> None:
+    cli = commands(model_dir)
+    ranks = pipeline_ranks()
+    model, tokenizer = load_pipeline(model_dir, ranks)
+    held = [i for i, layer in enumerate(model.layers) if layer is not None]
+    params = sum(v.size for _, v in tree_flatten(model.parameters()))
+    result = generate(model, tokenizer, PROMPTS, seed=3, max_new_tokens=24)
+    sent_generate = model.bytes_sent
+    session = ChatSession(model, tokenizer, seed=5)
+    answers: list[list[int]] = []
+    if ranks.is_root:
+        shared = SharedSession(session, ranks)
+        for text in TURNS:
+            *_, finish = shared.stream(text)
+            answers.append(finish.result.new_tokens[0])
+        shared.close()
+    else:
+        follow(session, ranks)
+    report = {
+        "rank": ranks.rank,
+        "layers": held,
+        "params": params,
+        "generate": result.new_tokens,
+        "chat": answers,
+        "history": session.messages,
+        "bytes_sent_generate": sent_generate,
+        "cli": cli,
+    }
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
