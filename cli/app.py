@@ -251,6 +251,9 @@ def batch(
 def info(
     model: str | None = model_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    pipeline: int | None = typer.Option(
+        None, "--pipeline", min=2, metavar="N", help="Also show each rank's layers and memory on N machines."
+    ),
 ) -> None:
     """What a model directory holds: geometry, parameters, quantization, size and estimated memory."""
     with user_errors():
@@ -258,7 +261,15 @@ def info(
         from dgemma_mlx.inspect import format_summary, summarize
 
         summary = summarize(chosen)
-        print(json.dumps(summary) if as_json else format_summary(summary), flush=True)
+        text = format_summary(summary)
+        if pipeline is not None:
+            from dgemma_mlx.memory import CONTEXT_FOR_ESTIMATE
+            from dgemma_mlx.pipeline_plan import format_shares, model_shares
+
+            shares = model_shares(Path(summary["model_dir"]), pipeline, CONTEXT_FOR_ESTIMATE)
+            summary["pipeline"] = [s.to_dict() for s in shares]
+            text += "\n" + format_shares(shares, CONTEXT_FOR_ESTIMATE)
+        print(json.dumps(summary) if as_json else text, flush=True)
 
 
 # The commands that live in their own modules.

@@ -73,7 +73,7 @@ class RankShare:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rank": self.rank,
-            "layers": [self.layers.start, self.layers.stop],
+            "layers": list(self.layers),
             "weight_bytes": self.weight_bytes,
             "working_bytes": self.working_bytes,
             "memory_bytes": self.memory_bytes,
@@ -139,3 +139,19 @@ def check_share_fits(model_dir: Path, share: RankShare, size: int, force: bool =
         f"machine can give {fmt_bytes(have)}; add machines (`dgemma info --pipeline N` shows each share), "
         "or pass --force to load it anyway"
     )
+
+
+def format_shares(shares: list[RankShare], context: int) -> str:
+    """`dgemma info --pipeline N`'s rows: each rank's layers and memory."""
+    from .units import fmt_bytes
+
+    rows = []
+    for s in shares:
+        first, last = s.layers.start, s.layers.stop - 1
+        layers = f"layer {first}" if first == last else f"layers {first}-{last}"
+        rows.append(
+            f"{'rank ' + str(s.rank):<11s} {layers}: ~{fmt_bytes(s.memory_bytes)} "
+            f"(weights {fmt_bytes(s.weight_bytes)} + working set {fmt_bytes(s.working_bytes)})"
+        )
+    head = f"{'pipeline':<11s} {len(shares)} ranks under mlx.launch, at a {context // 1024}k-token context"
+    return "\n".join([head, *rows])

@@ -144,3 +144,49 @@ def test_chat_command_with_pipeline_matches_one_process(worker_reports, model_di
     assert root["code"] == follower["code"] == 0, (root, follower)
     assert root["stdout"] == alone.stdout and len(alone.stdout.strip().splitlines()) == 2
     assert follower["stdout"] == follower["stderr"] == ""
+
+
+# -- the plan: no launch needed ---------------------------------------------------------------------
+def test_layer_split_is_contiguous_and_even():
+    from dgemma_mlx.errors import DGemmaError
+
+    assert [list(r) for r in layer_split(30, 4)] == [
+        list(range(0, 8)), list(range(8, 16)), list(range(16, 23)), list(range(23, 30))
+    ]  # fmt: skip
+    with pytest.raises(DGemmaError, match="need 4 layers or more"):
+        layer_split(3, 4)
+
+
+def test_info_pipeline_shows_each_share_and_they_add_up(model_dir):
+    from dgemma_mlx.config import ModelConfig
+    from dgemma_mlx.inspect import summarize
+    from dgemma_mlx.memory import CONTEXT_FOR_ESTIMATE, working_bytes
+    from dgemma_mlx.pipeline_plan import model_shares
+
+    result = CliRunner().invoke(app, ["info", "-m", str(model_dir), "--pipeline", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    shares = json.loads(result.stdout)["pipeline"]
+    assert [s["layers"] for s in shares] == [[0, 1], [2]]
+    whole = summarize(model_dir)["estimated_memory_bytes"]
+    one = model_shares(model_dir, 1, CONTEXT_FOR_ESTIMATE)[0]
+    assert one.memory_bytes == whole  # one rank is the whole model, as `dgemma info` counts it
+    assert one.working_bytes == working_bytes(ModelConfig.from_file(model_dir / "config.json"))
+    shared = sum(s["weight_bytes"] for s in shares) - one.weight_bytes  # counted on both ranks
+    assert 0 < shared < min(s["weight_bytes"] for s in shares)
+    text = CliRunner().invoke(app, ["info", "-m", str(model_dir), "--pipeline", "2"]).stdout
+    assert "rank 0      layers 0-1" in text and "rank 1      layer 2" in text
+
+
+def test_the_memory_guard_checks_one_rank_share(model_dir, monkeypatch):
+    from dgemma_mlx import memory
+    from dgemma_mlx.errors import DGemmaError
+    from dgemma_mlx.pipeline_plan import check_share_fits, model_shares
+
+    shares = model_shares(model_dir, 2, memory.CONTEXT_FOR_ESTIMATE)
+    whole = model_shares(model_dir, 1, memory.CONTEXT_FOR_ESTIMATE)[0]
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: max(s.memory_bytes for s in shares))
+    for share in shares:
+        check_share_fits(model_dir, share, 2)  # each rank fits where the whole model would not
+    with pytest.raises(DGemmaError, match="needs"):
+        check_share_fits(model_dir, whole, 1)
+    check_share_fits(model_dir, whole, 1, force=True)
