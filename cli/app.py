@@ -204,6 +204,7 @@ def batch(
     rank_timeout: float = typer.Option(
         120.0, "--rank-timeout", min=1.0, help="Under mlx.launch: seconds before a silent rank is lost."
     ),
+    pipeline: bool = pipeline_option(),
     *,
     flags: GenerationFlags,
 ) -> None:
@@ -214,6 +215,12 @@ def batch(
     and OUT and writes every row, exactly as one process would.
     """
     with user_errors():
+        if pipeline:
+            from .pipeline_batch import batch_pipelined
+
+            settings = {"batch_size": batch_size, "chat_template": chat_template, "system": system}
+            args = (input_name, output, input_format.value, resume, errors)
+            return batch_pipelined(args, model, settings, flags, force)
         from dgemma_mlx.distributed import init, launched
 
         ranks = init() if launched() else None

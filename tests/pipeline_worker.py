@@ -1,9 +1,10 @@
 """Run under `mlx.launch` by tests/test_pipeline.py: one rank of a pipelined model, reporting as JSON.
 
-One launch does it all, since each costs seconds of start-up: `dgemma generate --pipeline` and a
-two-turn `dgemma chat --pipeline` (in this process, through Typer's runner), then the library: the
-layers this rank holds, the parameters it loaded, a two-row generation and a two-turn chat (rank 0
-leads, the others follow), and the bytes it sent. Prints one JSON line per rank.
+One launch does it all, since each costs seconds of start-up: `dgemma generate --pipeline`, a
+two-turn `dgemma chat --pipeline` and `dgemma batch --pipeline` (in this process, through Typer's
+runner), then the library: the layers this rank holds, the parameters it loaded, a two-row
+generation and a two-turn chat (rank 0 leads, the others follow), and the bytes it sent. Prints one
+JSON line per rank.
 """
 
 import json
@@ -24,20 +25,26 @@ CHAT_ARGS = ["--seed", "5", "--view", "none"]
 CHAT_SCRIPT = "\n".join([*TURNS, "/quit", ""])
 
 
-def commands(model_dir: str) -> dict[str, dict[str, object]]:
-    """The two commands with --pipeline, as each rank ran them: exit code, stdout, stderr."""
+BATCH_ARGS = ["--seed", "4", "-b", "2"]
+
+
+def commands(model_dir: str, work: str) -> dict[str, dict[str, object]]:
+    """The commands with --pipeline, as each rank ran them: exit code, stdout, stderr. The batch reads
+    `work`/in.txt and writes `work`/pipelined.jsonl."""
     from dgemma_mlx.cli.app import app
 
     chat = ["chat", "-m", model_dir, *CHAT_ARGS, "--pipeline"]
+    batch = ["batch", f"{work}/in.txt", "-o", f"{work}/pipelined.jsonl", "-m", model_dir, *BATCH_ARGS]
     runs = {
         "generate": CliRunner().invoke(app, ["generate", "-m", model_dir, *GENERATE_ARGS, "--pipeline"]),
         "chat": CliRunner().invoke(app, chat, input=CHAT_SCRIPT),
+        "batch": CliRunner().invoke(app, [*batch, "--pipeline"]),
     }
     return {k: {"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr} for k, r in runs.items()}
 
 
-def main(model_dir: str) -> None:
-    cli = commands(model_dir)
+def main(model_dir: str, work: str) -> None:
+    cli = commands(model_dir, work)
     ranks = pipeline_ranks()
     model, tokenizer = load_pipeline(model_dir, ranks)
     held = [i for i, layer in enumerate(model.layers) if layer is not None]
@@ -68,4 +75,4 @@ def main(model_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -1,7 +1,8 @@
 """Pipeline mode under `mlx.launch -n 2 --backend ring` on 127.0.0.1 (dgemma_mlx/pipeline.py).
 
 One launch of tests/pipeline_worker.py (start-up is most of the cost) runs, on each rank,
-`dgemma generate --pipeline`, a two-turn `dgemma chat --pipeline`, and the library directly
+`dgemma generate --pipeline`, a two-turn `dgemma chat --pipeline`, `dgemma batch --pipeline`, and
+the library directly
 (parameters per rank, a two-row generation, a two-turn chat). Each is compared with the same run in
 this process on the whole model: the tokens must be identical.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from mlx.utils import tree_flatten
-from pipeline_worker import CHAT_ARGS, CHAT_SCRIPT, GENERATE_ARGS, PROMPTS, TURNS
+from pipeline_worker import BATCH_ARGS, CHAT_ARGS, CHAT_SCRIPT, GENERATE_ARGS, PROMPTS, TURNS
 from typer.testing import CliRunner
 
 from dgemma_mlx import generate
@@ -79,9 +80,19 @@ def launch(command: list[str]) -> tuple[str, str]:
     return out, err
 
 
+BATCH_INPUT = "hello there\nhow are you\nwhat is the moon\n"
+
+
 @pytest.fixture(scope="module")
-def worker_reports(model_dir):
-    out, _ = launch([sys.executable, str(WORKER), str(model_dir)])
+def work(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pipeline")
+    (path / "in.txt").write_text(BATCH_INPUT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker_reports(model_dir, work):
+    out, _ = launch([sys.executable, str(WORKER), str(model_dir), str(work)])
     reports = {}
     for line in out.splitlines():
         if line.startswith("{"):
@@ -144,6 +155,21 @@ def test_chat_command_with_pipeline_matches_one_process(worker_reports, model_di
     assert root["code"] == follower["code"] == 0, (root, follower)
     assert root["stdout"] == alone.stdout and len(alone.stdout.strip().splitlines()) == 2
     assert follower["stdout"] == follower["stderr"] == ""
+
+
+def test_batch_command_with_pipeline_writes_the_rows_of_one_process(worker_reports, model_dir, work):
+    root, follower = worker_reports[0]["cli"]["batch"], worker_reports[1]["cli"]["batch"]
+    assert root["code"] == follower["code"] == 0, (root, follower)
+    assert follower["stdout"] == follower["stderr"] == ""
+    argv = ["batch", str(work / "in.txt"), "-o", str(work / "alone.jsonl"), "-m", str(model_dir), *BATCH_ARGS]
+    alone = CliRunner().invoke(app, argv)
+    assert alone.exit_code == 0, alone.output
+
+    def rows(name: str) -> list[dict]:
+        lines = (work / name).read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"} for line in lines]
+
+    assert rows("pipelined.jsonl") == rows("alone.jsonl") and len(rows("alone.jsonl")) == 3
 
 
 # -- the plan: no launch needed ---------------------------------------------------------------------
