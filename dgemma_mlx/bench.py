@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import inspect
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -179,14 +178,11 @@ def diffusion_run(model: Model, prompt: list[int], config: GenerationConfig, see
     return passes, ttfc, per_canvas, result
 
 
-def self_conditioning_input(model: Model, logits: mx.array) -> dict[str, mx.array]:
-    """What the engine hands `Model.decode` from the previous pass, so the forward is timed as the pass
-    runs it: the probabilities when decode takes them (the softmax then belongs to the sampler, outside
-    the forward), else the logits in the model dtype (decode takes the softmax itself)."""
-    if "self_conditioning_probs" in inspect.signature(model.decode).parameters:
-        probs = mx.softmax(logits, axis=-1)
-        return {"self_conditioning_probs": probs if model.dtype == mx.float32 else probs.astype(model.dtype)}
-    return {"self_conditioning_logits": logits.astype(model.dtype)}
+def self_conditioning_input(model: Model, logits: mx.array) -> mx.array:
+    """What the engine hands `Model.decode` from the previous pass (`Model.self_conditioning_probs`),
+    so the forward is timed as the pass runs it; the softmax that made the probabilities is the
+    sampler's, outside the forward."""
+    return model.self_conditioning_probs(logits, mx.softmax(logits, axis=-1))
 
 
 def forward_times(model: Model, prompt: list[int], result: GenerationResult, seed: int) -> list[float]:
@@ -202,12 +198,12 @@ def forward_times(model: Model, prompt: list[int], result: GenerationResult, see
     for k in range(result.stats.canvases):
         if k > 0:
             encode(model, mx.array(result.sequences[:, P + (k - 1) * L : P + k * L]), cache)
-        self_conditioning = self_conditioning_input(model, model.decode(canvas, cache))
-        mx.eval(*self_conditioning.values())
+        probs = self_conditioning_input(model, model.decode(canvas, cache))
+        mx.eval(probs)
         runs: list[float] = []
         while not runs or (len(runs) < FORWARD_RUNS and sum(runs) < FORWARD_BUDGET_S):
             start = time.perf_counter()
-            mx.eval(model.decode(canvas, cache, **self_conditioning))
+            mx.eval(model.decode(canvas, cache, self_conditioning_probs=probs))
             runs.append(time.perf_counter() - start)
         times.append(statistics.median(runs))
     return times
