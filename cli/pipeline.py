@@ -44,3 +44,22 @@ def load_stage(chosen: str, force: bool) -> tuple[Any, Any, Any]:
     from dgemma_mlx.pipeline import start_pipeline
 
     return start_pipeline(chosen, settings="\0".join(sys.argv[1:]), force=force)
+
+
+def follow_or_lead(state: Any, model: Any, ranks: Any, max_batch: int, max_queue: int, prefix: int) -> bool:
+    """`dgemma serve --pipeline`: give the server a scheduler whose steps rank 0 decides for every rank.
+    A follower runs its model loop here until rank 0 ends it and returns False (it serves no HTTP);
+    rank 0 returns True and goes on to serve."""
+    import signal
+
+    from dgemma_mlx.server.pipeline_scheduler import PipelineScheduler
+    from dgemma_mlx.server.prefix_cache import PrefixCache
+
+    state.scheduler = PipelineScheduler(
+        model, state.config, ranks, max_batch=max_batch, max_queue=max_queue, prefix_cache=PrefixCache(prefix)
+    )
+    if ranks.is_root:
+        return True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every local rank: rank 0 drains them
+    state.scheduler.run_follower()
+    return False

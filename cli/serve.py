@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from .options import force_option, loading, model_option, resolve_model, say, stderr, user_errors
+from .pipeline import follow_or_lead, is_follower, load_stage, pipeline_option
 
 API_KEY_ENV = "DGEMMA_API_KEY"
 
@@ -40,21 +41,29 @@ def serve_command(
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level (info logs requests)."),
     force: bool = force_option(),
+    pipeline: bool = pipeline_option(),
 ) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API; concurrent requests share canvas batches."""
+    """Serve the model over an OpenAI-compatible HTTP API; concurrent requests share canvas batches.
+
+    With --pipeline under mlx.launch, rank 0 serves HTTP and schedules; the other ranks follow."""
     with user_errors():
         chosen = resolve_model(model)
         if api_key is not None and not api_key.strip():
             raise typer.BadParameter("the API key is empty", param_hint="'--api-key'")
         from dgemma_mlx.server.run import check_bindable  # light: socket and uvicorn only
 
-        check_bindable(host, port)  # a port in use is one line before the model loads
-        with loading(chosen):
+        follower = is_follower(pipeline)
+        if not follower:  # only rank 0 listens
+            check_bindable(host, port)  # a port in use is one line before the model loads
+        with loading(chosen, quiet=follower):
             from dgemma_mlx import load
             from dgemma_mlx.server.app import build_state, create_app
             from dgemma_mlx.server.run import is_local, serve
 
-            model_obj, tokenizer = load(chosen, force=force)
+            if pipeline:
+                model_obj, tokenizer, ranks = load_stage(chosen, force)
+            else:
+                model_obj, tokenizer = load(chosen, force=force)
         state = build_state(
             model_obj,
             tokenizer,
@@ -66,6 +75,8 @@ def serve_command(
             api_key=api_key.strip() if api_key else None,
             max_body_bytes=max_body_kb * 1024,
         )
+        if pipeline and not follow_or_lead(state, model_obj, ranks, max_batch, max_queue, prefix_cache):
+            return
         if not is_local(host):
             exposed = "" if api_key else "; anyone who can reach it can use it (set --api-key)"
             say(

@@ -9,6 +9,7 @@ JSON line per rank.
 
 import json
 import sys
+import threading
 
 from mlx.utils import tree_flatten
 from typer.testing import CliRunner
@@ -43,6 +44,49 @@ def commands(model_dir: str, work: str) -> dict[str, dict[str, object]]:
     return {k: {"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr} for k, r in runs.items()}
 
 
+SERVE_PROMPTS = ["hello there", "what is the moon", "how are you"]
+
+
+def serve_specs(model, tokenizer) -> list:
+    """Three requests (two with two choices) and one more that its client abandons at once."""
+    from dgemma_mlx.api import resolve_config
+    from dgemma_mlx.server.scheduler import JobSpec
+
+    config = resolve_config(model, tokenizer).replace(max_new_tokens=16)
+    ids = [tokenizer.encode(text) for text in SERVE_PROMPTS]
+    choices = [2, 1, 2]
+    specs = [JobSpec([ids[i]] * n, [7 + 10 * i + c for c in range(n)], config) for i, n in enumerate(choices)]
+    return specs + [JobSpec([ids[0]], [99], config)]
+
+
+def serve_jobs(scheduler, specs) -> list[list[list[int]]]:
+    """Submit every spec at once (the last is cancelled as soon as it is queued); each job's final
+    tokens per choice. The scheduler is closed afterwards."""
+    from dgemma_mlx.server.scheduler import Committed, Failed
+
+    finals: list[dict[int, list[int]]] = [{} for _ in specs]
+    done = threading.Semaphore(0)
+
+    def sink(k: int, n: int):
+        def receive(event) -> None:
+            if isinstance(event, Committed) and event.final:
+                finals[k][event.choice] = event.tokens
+                if len(finals[k]) == n:
+                    done.release()
+            elif isinstance(event, Failed):
+                raise AssertionError(event)
+
+        return receive
+
+    scheduler.start()
+    jobs = [scheduler.submit(spec, sink(k, len(spec.prompts))) for k, spec in enumerate(specs)]
+    jobs[-1].cancel()
+    for _ in specs[:-1]:
+        assert done.acquire(timeout=120), "a served job never finished"
+    scheduler.close()
+    return [[f[c] for c in sorted(f)] for f in finals[:-1]]
+
+
 def main(model_dir: str, work: str) -> None:
     cli = commands(model_dir, work)
     ranks = pipeline_ranks()
@@ -61,6 +105,14 @@ def main(model_dir: str, work: str) -> None:
         shared.close()
     else:
         follow(session, ranks)
+    from dgemma_mlx.api import resolve_config
+    from dgemma_mlx.server.pipeline_scheduler import PipelineScheduler
+
+    scheduler = PipelineScheduler(model, resolve_config(model, tokenizer), ranks, max_batch=4)
+    if ranks.is_root:
+        served = serve_jobs(scheduler, serve_specs(model, tokenizer))
+    else:
+        served = scheduler.run_follower()
     report = {
         "rank": ranks.rank,
         "layers": held,
@@ -70,6 +122,7 @@ def main(model_dir: str, work: str) -> None:
         "history": session.messages,
         "bytes_sent_generate": sent_generate,
         "cli": cli,
+        "served": served,
     }
     print(json.dumps(report), flush=True)
 

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 from mlx.utils import tree_flatten
-from pipeline_worker import BATCH_ARGS, CHAT_ARGS, CHAT_SCRIPT, GENERATE_ARGS, PROMPTS, TURNS
+from pipeline_worker import (
+    BATCH_ARGS,
+    CHAT_ARGS,
+    CHAT_SCRIPT,
+    GENERATE_ARGS,
+    PROMPTS,
+    TURNS,
+    serve_jobs,
+    serve_specs,
+)
 from typer.testing import CliRunner
 
 from dgemma_mlx import generate
@@ -170,6 +179,19 @@ def test_batch_command_with_pipeline_writes_the_rows_of_one_process(worker_repor
         return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_second"} for line in lines]
 
     assert rows("pipelined.jsonl") == rows("alone.jsonl") and len(rows("alone.jsonl")) == 3
+
+
+def test_pipelined_server_follows_rank_zero_and_answers_as_one_process(worker_reports, loaded):
+    """The scheduler of `dgemma serve --pipeline`: rank 0 takes the requests (and one client leaving
+    at once), the other rank follows; every choice's tokens equal one process's server."""
+    from dgemma_mlx.api import resolve_config
+    from dgemma_mlx.server.scheduler import Scheduler
+
+    model, tokenizer = loaded
+    scheduler = Scheduler(model, resolve_config(model, tokenizer), max_batch=4)
+    alone = serve_jobs(scheduler, serve_specs(model, tokenizer))
+    assert worker_reports[0]["served"] == alone
+    assert [len(job) for job in alone] == [2, 1, 2]
 
 
 # -- the plan: no launch needed ---------------------------------------------------------------------
