@@ -23,6 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
+from mlx_lm.models import gemma4_text
 
 from .cache import PromptCache
 from .config import FULL, SLIDING
@@ -102,41 +103,55 @@ class PipelineModel:
         self_conditioning_probs: mx.array | None = None,
     ) -> mx.array:
         """Model.decode over this rank's layers; every rank returns the same float32 logits."""
-        model, text = self.model, self.model.text
         B, L = canvas.shape
-        n = cache.offset
         if self.is_first:
-            x = model.embed(canvas)
             probs = self_conditioning_probs
             if probs is None and self_conditioning_logits is not None:
                 probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1)
-            if probs is None:
-                x = rms_norm_no_scale(x, text.rms_norm_eps)
-            else:
-                soft = model.soft_embed(probs.astype(x.dtype)) * model.embed_scale
-                x = model.model.decoder.self_conditioning(x, soft)
+            x = self.decoder_input(canvas, probs)
         else:
-            x = self._receive((B, L, text.hidden_size))
+            x = self._receive((B, L, self.model.text.hidden_size))
+            if self_conditioning_probs is not None:
+                # Rank 0's input only. Built, never evaluated (no cost), so a caller that answers
+                # soft_embed for one call (fast.decode's top-k mix) sees it asked on every rank.
+                self.model.soft_embed(self_conditioning_probs)
+        x = self.decoder_layers(x, cache)
+        if not self.is_last:
+            x = self._send(x)
+        self.bytes_sent += x.nbytes * (self.size - 1)  # a ring all_gather forwards size-1 blocks
+        x = mx.distributed.all_gather(x, group=self.group)[(self.size - 1) * B :]
+        return self.head(x)
+
+    # -- the pieces of a decoder pass (also timed alone by `dgemma bench --pipeline`) -------------------
+    def decoder_input(self, canvas: mx.array, probs: mx.array | None) -> mx.array:
+        """Rank 0: the canvas embedded, with the previous pass's self-conditioning."""
+        model = self.model
+        x = model.embed(canvas)
+        if probs is None:
+            return rms_norm_no_scale(x, model.text.rms_norm_eps)
+        soft = model.soft_embed(probs.astype(x.dtype)) * model.embed_scale
+        return model.model.decoder.self_conditioning(x, soft)
+
+    def decoder_layers(self, x: mx.array, cache: Any) -> mx.array:
+        """This rank's layers, bidirectional over the cache (read only)."""
+        text = self.model.text
+        L, n = x.shape[1], cache.offset
         masks = {}
         for i in self.owned:
             t = text.layer_types[i]
             if t not in masks:
                 cached = cache.layers[i].length
                 masks[t] = self._decoder_mask(L, cached, n - cached, cache)
-            layer = model.layers[i]
+            layer = self.model.layers[i]
             x = layer(x, cache.layers[i].read_only(), n, masks[t], layer.layer_scalar)
-        if not self.is_last:
-            x = self._send(x)
-        self.bytes_sent += x.nbytes * (self.size - 1)  # a ring all_gather forwards size-1 blocks
-        x = mx.distributed.all_gather(x, group=self.group)[(self.size - 1) * B :]
-        decoder = model.model.decoder
-        logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
-        cap = text.final_logit_softcapping
-        if cap:
-            from mlx_lm.models import gemma4_text
+        return x
 
-            return gemma4_text.logit_softcap(cap, logits)
-        return logits
+    def head(self, x: mx.array) -> mx.array:
+        """Final norm, the tied head, the soft-cap: float32 logits (run on every rank)."""
+        decoder = self.model.model.decoder
+        logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
+        cap = self.model.text.final_logit_softcapping
+        return gemma4_text.logit_softcap(cap, logits) if cap else logits
 
     def _decoder_mask(self, *args: Any) -> Any:
         # Looked up on the instance first, so server.frames.FramedModel's per-call override applies.

@@ -95,6 +95,7 @@ def main(model_dir: str, work: str) -> None:
     params = sum(v.size for _, v in tree_flatten(model.parameters()))
     result = generate(model, tokenizer, PROMPTS, seed=3, max_new_tokens=24)
     sent_generate = model.bytes_sent
+    top_k = generate(model, tokenizer, PROMPTS, seed=3, max_new_tokens=24, self_conditioning_top_k=8)
     session = ChatSession(model, tokenizer, seed=5)
     answers: list[list[int]] = []
     if ranks.is_root:
@@ -118,6 +119,7 @@ def main(model_dir: str, work: str) -> None:
         "layers": held,
         "params": params,
         "generate": result.new_tokens,
+        "generate_top_k": top_k.new_tokens,
         "chat": answers,
         "history": session.messages,
         "bytes_sent_generate": sent_generate,

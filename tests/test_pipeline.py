@@ -131,8 +131,10 @@ def test_each_rank_loads_only_its_layers(worker_reports, loaded):
 def test_pipelined_generation_is_token_exact(worker_reports, loaded):
     model, tokenizer = loaded
     expected = generate(model, tokenizer, PROMPTS, seed=3, max_new_tokens=24).new_tokens
+    top_k = generate(model, tokenizer, PROMPTS, seed=3, max_new_tokens=24, self_conditioning_top_k=8)
     for report in worker_reports.values():
         assert report["generate"] == expected
+        assert report["generate_top_k"] == top_k.new_tokens  # fast decoding's top-k self-conditioning
     # what crossed the wire was activations, never [B, L, V] logits
     assert 0 < worker_reports[0]["bytes_sent_generate"]
 
