@@ -115,9 +115,17 @@ def bench_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (keys below)."),
     force: bool = force_option(),
+    pipeline: bool = typer.Option(
+        False, "--pipeline", help="Under mlx.launch: a pass split over the ranks against one process."
+    ),
 ) -> None:
     """Benchmark DiffusionGemma here (the full help is HELP, set below)."""
     with user_errors():
+        if pipeline:
+            from .pipeline_bench import bench_pipelined, check_pipeline_options
+
+            check_pipeline_options(locals())
+            return bench_pipelined(_spec(locals()), as_json, stdout)
         spec = _spec(locals())
         with Progress(stderr, spec.steps()) as progress:
             from dgemma_mlx.bench import run_bench
