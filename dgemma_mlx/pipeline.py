@@ -5,8 +5,9 @@ Rank r holds a contiguous slice of the layer stack (`pipeline_plan.layer_split`,
 layers) plus the shared tensors: the embedding (which is also the tied head), the final norm and the
 self-conditioning MLP. A forward runs the slices in rank order; the hidden states [B, S, H] go from
 rank r to rank r+1 with `mx.distributed.send`/`recv`. At the end of a decoder pass the last rank's
-hidden states are shared with every rank (`all_gather`, as mlx-lm's pipelined models do), and every
-rank computes the same logits and runs the same engine and sampler with the same seed: the decisions
+hidden states are passed on to every rank (as mlx-lm's pipelined models share them, but hop by hop
+round the ring rather than by `all_gather`, which would move N times the bytes), and every rank
+computes the same logits and runs the same engine and sampler with the same seed: the decisions
 (canvas, draft, stop rule, self-conditioning) are identical on every rank with nothing else sent, and
 the tokens equal a single-process run's. What crosses the wire per pass is [B, L, H] activations:
 the [B, L, V] logits and self-conditioning probabilities never do (262,144 x 4 bytes per position
@@ -58,11 +59,25 @@ class PipelineModel:
     def _receive(self, shape: tuple[int, ...]) -> mx.array:
         return mx.distributed.recv(shape, self.model.dtype, self.rank - 1, group=self.group)
 
-    def _send(self, h: mx.array) -> mx.array:
+    def _send(self, h: mx.array, dst: int | None = None) -> mx.array:
         if h.dtype != self.model.dtype:  # the receiver allocates the model dtype: a mismatch is a bug
             raise RuntimeError(f"pipeline activations are {h.dtype}, expected {self.model.dtype}")
         self.bytes_sent += h.nbytes
-        return mx.distributed.send(h, self.rank + 1, group=self.group)
+        return mx.distributed.send(h, self.rank + 1 if dst is None else dst, group=self.group)
+
+    def _final_states(self, x: mx.array) -> mx.array:
+        """The last stage's hidden states on every rank, passed on round the ring (last -> 0 -> 1 ->
+        ... -> N-2: one [B, L, H] block per hop, N-1 hops, where an all_gather would move N(N-1)).
+
+        A rank's own stage is evaluated and sent before it waits for the result: nothing in the graph
+        orders a receive after a send, and the next rank needs this stage's output first.
+        """
+        if self.is_last:
+            return self._send(x, 0)  # rank 0 is the last rank's other ring neighbour
+        mx.eval(self._send(x))
+        source = self.size - 1 if self.is_first else self.rank - 1
+        final = mx.distributed.recv(x.shape, self.model.dtype, source, group=self.group)
+        return self._send(final) if self.rank + 1 < self.size - 1 else final
 
     def _first_owned(self, kind: str) -> int | None:
         return next((i for i in self.owned if self.model.text.layer_types[i] == kind), None)
@@ -115,12 +130,7 @@ class PipelineModel:
                 # Rank 0's input only. Built, never evaluated (no cost), so a caller that answers
                 # soft_embed for one call (fast.decode's top-k mix) sees it asked on every rank.
                 self.model.soft_embed(self_conditioning_probs)
-        x = self.decoder_layers(x, cache)
-        if not self.is_last:
-            x = self._send(x)
-        self.bytes_sent += x.nbytes * (self.size - 1)  # a ring all_gather forwards size-1 blocks
-        x = mx.distributed.all_gather(x, group=self.group)[(self.size - 1) * B :]
-        return self.head(x)
+        return self.head(self._final_states(self.decoder_layers(x, cache)))
 
     # -- the pieces of a decoder pass (also timed alone by `dgemma bench --pipeline`) -------------------
     def decoder_input(self, canvas: mx.array, probs: mx.array | None) -> mx.array:
