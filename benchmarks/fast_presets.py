@@ -202,14 +202,12 @@ def main() -> None:
         )
         for s in settings:  # compile and warm up every setting's shapes before anything is timed
             solve(model, s, args.seed, args.count, args.difficulties[0], 0, 2)
-        main_first = [s for s in settings if s in main_settings]
-        phases = [(main_first, args.count), ([s for s in settings if s not in main_settings], args.screen)]
-        jobs = [
+        jobs = [  # chunk by chunk, so a run cut short still compares settings on the same puzzles
             (first, d, s)
-            for group, limit in phases
-            for first in range(0, min(args.count, limit or args.count), args.chunk)
+            for first in range(0, args.count, args.chunk)
             for d in args.difficulties
-            for s in group
+            for s in settings
+            if s in main_settings or args.screen is None or first < args.screen
         ]
         for first, d, s in jobs:
             if (s, d, first) in have:

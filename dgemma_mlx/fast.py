@@ -26,12 +26,6 @@ import mlx.core as mx
 from .generation_config import GenerationConfig
 
 
-def uses_fast(config: GenerationConfig) -> bool:
-    from .fast_presets import FAST_FIELDS
-
-    return any(getattr(config, name) is not None for name in FAST_FIELDS)
-
-
 # -- self-conditioning ------------------------------------------------------------------------------------
 def self_conditioning(model: Any, config: GenerationConfig, z: mx.array, probs: mx.array):
     """The next pass's self-conditioning input: (dense probabilities, None) as the reference, or with

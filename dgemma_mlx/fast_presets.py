@@ -31,13 +31,8 @@ FAST_FIELDS = tuple(KNOBS)
 # Shipped presets: only combinations that kept the bundled Sudoku model's first-attempt solve rate
 # within 2 points of the exact sampler on the same fresh puzzles (docs/MEASUREMENTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"max_passes": 24, "self_conditioning_top_k": 8},
-    "faster": {
-        "max_passes": 16,
-        "self_conditioning_top_k": 4,
-        "commit_confidence": 0.95,
-        "commit_stability": 2,
-    },
+    "fast": {"self_conditioning_top_k": 8},
+    "faster": {"self_conditioning_top_k": 4, "accept_confidence": 0.9},
 }
 FAST_KEY = "fast"  # the override / body field / `key=value` name that selects a preset
 
