@@ -18,6 +18,7 @@ COLUMNS = (
     ("compute_ms", "compute ms", ".1f"),
     ("comm_ms", "comm ms", ".1f"),
     ("comm_pct", "comm %", ".1f"),
+    ("wire_ms", "wire ms", ".2f"),
     ("bytes_per_pass", "bytes/pass", ",d"),
 )
 

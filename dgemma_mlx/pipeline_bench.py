@@ -11,6 +11,8 @@ previous pass's self-conditioning, as the engine runs a pass):
   final norm and tied head. `compute_ms` = their sum: the pass's critical path without the wire.
 - `comm_ms` = `pass_ms` - `compute_ms` and `comm_pct`: the part of a pipelined pass spent sending,
   receiving and waiting for the other ranks, and `bytes_per_pass`: what all ranks sent per pass.
+- `wire_ms` (`wire_pct` of `pass_ms`): a pass's messages alone, the same hops with no compute: the
+  communication cost measured directly, not as a difference of two noisy figures.
 
 Each repeat times all of these in turn (medians reported), so they share the machine's state: on a
 shared or throttling machine a figure taken minutes apart would not compare.
@@ -66,12 +68,17 @@ def _row(ranks: Ranks, model: Any, stage: PipelineModel, prompt: list[int], canv
         x = stage.decoder_input(canvas, probs) if stage.is_first else hidden
         return stage.decoder_layers(x, cache)
 
+    def wire() -> mx.array:  # a pass's messages alone: the stage hop in, then on to the final states
+        x = hidden if stage.is_first else stage._receive(hidden.shape)
+        return stage._final_states(x)
+
     parts: dict[str, Callable[[], Any]] = {
         "alone": lambda: model.decode(canvas, full_cache, self_conditioning_probs=probs),
         "head": lambda: stage.head(hidden),
     }
-    runs: dict[str, list[float]] = {k: [] for k in ("alone", "head", "pass", *map(str, range(ranks.size)))}
-    before = stage.bytes_sent
+    names = ("alone", "head", "pass", "wire", *map(str, range(ranks.size)))
+    runs: dict[str, list[float]] = {k: [] for k in names}
+    sent = 0.0
     for repeat in range(repeats + 1):  # the first round warms up
         times = {}
         for name in ("alone", "head"):
@@ -81,11 +88,14 @@ def _row(ranks: Ranks, model: Any, stage: PipelineModel, prompt: list[int], canv
             _barrier(ranks)
             times[str(r)] = _share(ranks, _once(own_part) if r == ranks.rank else 0.0)
         _barrier(ranks)
+        times["wire"] = _once(wire)
+        _barrier(ranks)
+        before = stage.bytes_sent
         times["pass"] = _once(lambda: stage.decode(canvas, cache, self_conditioning_probs=probs))
+        sent = _share(ranks, stage.bytes_sent - before)
         if repeat:
             for k, v in times.items():
                 runs[k].append(v)
-    sent = _share(ranks, (stage.bytes_sent - before) / (repeats + 1))
     ms = {k: 1e3 * statistics.median(v) for k, v in runs.items()}
     stages = [ms[str(r)] for r in range(ranks.size)]
     compute = sum(stages) + ms["head"]
@@ -97,6 +107,8 @@ def _row(ranks: Ranks, model: Any, stage: PipelineModel, prompt: list[int], canv
         "compute_ms": compute,
         "comm_ms": ms["pass"] - compute,
         "comm_pct": 100 * (ms["pass"] - compute) / ms["pass"],
+        "wire_ms": ms["wire"],
+        "wire_pct": 100 * ms["wire"] / ms["pass"],
         "bytes_per_pass": int(sent),
     }
 
