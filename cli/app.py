@@ -38,7 +38,7 @@ from .options import (
     view_option,
     with_generation_flags,
 )
-from .pipeline import check_pipeline_prompt, is_follower, load_stage, pipeline_option
+from .pipeline import check_launched, check_pipeline_prompt, is_follower, load_stage, pipeline_option
 from .serve import serve_command
 from .sudoku import sudoku_command
 
@@ -102,6 +102,7 @@ def generate(
         if system is not None:
             check_utf8(system, "'--system'", "the system prompt")
         if pipeline:
+            check_launched(pipeline)
             check_pipeline_prompt(prompt)
         text = read_prompt(prompt)
         chosen = resolve_model(model)
@@ -151,6 +152,7 @@ def chat(
             check_utf8(system, "'--system'", "the system prompt")
         if load_file is not None:
             require_file(load_file, "session file")
+        check_launched(pipeline)
         chosen = resolve_model(model)
         with loading(chosen, quiet=view == ViewKind.none or is_follower(pipeline)):
             from dgemma_mlx import load
@@ -218,6 +220,7 @@ def batch(
         if pipeline:
             from .pipeline_batch import batch_pipelined
 
+            check_launched(pipeline)
             settings = {"batch_size": batch_size, "chat_template": chat_template, "system": system}
             args = (input_name, output, input_format.value, resume, errors)
             return batch_pipelined(args, model, settings, flags, force)

@@ -22,6 +22,17 @@ def pipeline_option() -> Any:
     return typer.Option(False, "--pipeline", help=PIPELINE_HELP)
 
 
+def check_launched(pipeline: bool) -> None:
+    """--pipeline outside `mlx.launch` is one line before anything is loaded (read from the environment)."""
+    from dgemma_mlx.distributed import launched
+
+    if pipeline and not launched():
+        from dgemma_mlx.errors import DGemmaError
+        from dgemma_mlx.pipeline_plan import LONE_PROCESS
+
+        raise DGemmaError(LONE_PROCESS)
+
+
 def check_pipeline_prompt(prompt: str | None) -> None:
     """mlx.launch forwards stdin to every rank but never closes it: a piped prompt would never end."""
     if prompt is None or prompt == "-":

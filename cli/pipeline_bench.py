@@ -26,6 +26,9 @@ COLUMNS = (
 def check_pipeline_options(o: dict[str, Any]) -> None:
     """What --pipeline measures is one pass at one precision: the options that grow the grid differently
     are refused in one line before anything is imported."""
+    from .pipeline import check_launched
+
+    check_launched(True)
     if o["ar"] or o["fast"] is not None or o["knobs"] is not None:
         raise DGemmaError("--pipeline times the exact pass alone: drop --ar, --fast and --knobs")
     if o["canvases"] != "1":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from .options import force_option, loading, model_option, resolve_model, say, stderr, user_errors
-from .pipeline import follow_or_lead, is_follower, load_stage, pipeline_option
+from .pipeline import check_launched, follow_or_lead, is_follower, load_stage, pipeline_option
 
 API_KEY_ENV = "DGEMMA_API_KEY"
 
@@ -52,6 +52,7 @@ def serve_command(
             raise typer.BadParameter("the API key is empty", param_hint="'--api-key'")
         from dgemma_mlx.server.run import check_bindable  # light: socket and uvicorn only
 
+        check_launched(pipeline)
         follower = is_follower(pipeline)
         if not follower:  # only rank 0 listens
             check_bindable(host, port)  # a port in use is one line before the model loads

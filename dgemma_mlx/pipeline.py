@@ -31,7 +31,7 @@ from .config import FULL, SLIDING
 from .distributed import Ranks, init
 from .errors import DGemmaError
 from .model import Model, rms_norm_no_scale
-from .pipeline_plan import layer_split
+from .pipeline_plan import LONE_PROCESS, layer_split
 
 
 class PipelineModel:
@@ -185,10 +185,7 @@ def pipeline_ranks() -> Ranks:
     """The `mlx.launch` group (distributed.init); a lone process is one line, not a single-rank run."""
     ranks = init()
     if not ranks.distributed:
-        raise DGemmaError(
-            "--pipeline splits the model over the processes of `mlx.launch` "
-            "(e.g. `mlx.launch -n 2 --backend ring dgemma generate --pipeline ...`); this is a lone process"
-        )
+        raise DGemmaError(LONE_PROCESS)
     return ranks
 
 

@@ -18,6 +18,10 @@ from typing import Any
 from .config import SLIDING, ModelConfig, TextConfig
 from .errors import DGemmaError
 
+LONE_PROCESS = (
+    "--pipeline splits the model over the processes of `mlx.launch` "
+    "(e.g. `mlx.launch -n 2 --backend ring -- dgemma generate --pipeline ...`); this is a lone process"
+)
 LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 

@@ -240,3 +240,16 @@ def test_the_memory_guard_checks_one_rank_share(model_dir, monkeypatch):
     with pytest.raises(DGemmaError, match="needs"):
         check_share_fits(model_dir, whole, 1)
     check_share_fits(model_dir, whole, 1, force=True)
+
+
+def test_pipeline_outside_mlx_launch_is_one_line_before_loading(model_dir, monkeypatch):
+    for var in ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MLX_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    for argv in (["generate", "-p", "hi"], ["chat"], ["serve"], ["batch", "in.txt", "-o", "out.jsonl"]):
+        result = CliRunner().invoke(app, [*argv, "-m", str(model_dir), "--pipeline"])
+        assert result.exit_code == 1, (argv, result.output)
+        assert "lone process" in result.stderr and "loading" not in result.stderr
+    monkeypatch.setenv("MLX_RANK", "0")  # launched: a piped prompt would never end under mlx.launch
+    result = CliRunner().invoke(app, ["generate", "-p", "-", "-m", str(model_dir), "--pipeline"], input="hi")
+    words = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "give the prompt as -p TEXT (mlx.launch never closes stdin)" in words
