@@ -21,6 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from . import fast
 from .api import stream_generate
 from .bench_models import apply_precision, autoregressive_twin, random_model, weight_bytes
 from .config import parameter_counts
@@ -189,7 +190,7 @@ def forward_times(model: Model, prompt: list[int], result: GenerationResult, see
     """`model.decode` with self-conditioning, alone, for each canvas on a cache holding what that
     canvas's passes saw (the prompt, then every canvas committed before it): the median of up to
     `FORWARD_RUNS` runs (fewer once they take `FORWARD_BUDGET_S`), as a pass is the median of its
-    canvas's passes."""
+    canvas's passes. With `self_conditioning_top_k` the input is the top k, as such a pass runs it."""
     L, P = model.canvas_length, len(prompt)
     cache = model.make_cache(1)
     encode(model, mx.array([prompt]), cache)
@@ -198,12 +199,13 @@ def forward_times(model: Model, prompt: list[int], result: GenerationResult, see
     for k in range(result.stats.canvases):
         if k > 0:
             encode(model, mx.array(result.sequences[:, P + (k - 1) * L : P + k * L]), cache)
-        probs = self_conditioning_input(model, model.decode(canvas, cache))
-        mx.eval(probs)
+        logits = model.decode(canvas, cache)
+        probs, ids = fast.self_conditioning(model, result.config, logits, mx.softmax(logits, axis=-1))
+        mx.eval(probs, *([] if ids is None else [ids]))
         runs: list[float] = []
         while not runs or (len(runs) < FORWARD_RUNS and sum(runs) < FORWARD_BUDGET_S):
             start = time.perf_counter()
-            mx.eval(model.decode(canvas, cache, self_conditioning_probs=probs))
+            mx.eval(fast.decode(model, canvas, cache, probs, ids))
             runs.append(time.perf_counter() - start)
         times.append(statistics.median(runs))
     return times

@@ -32,7 +32,6 @@ FAST_FIELDS = tuple(KNOBS)
 # within 2 points of the exact sampler on the same fresh puzzles (docs/MEASUREMENTS.md).
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"self_conditioning_top_k": 8},
-    "faster": {"self_conditioning_top_k": 4, "accept_confidence": 0.9},
 }
 FAST_KEY = "fast"  # the override / body field / `key=value` name that selects a preset
 

@@ -237,3 +237,17 @@ def test_a_served_preset_answers_as_the_front_door(tmp_path_factory):
             expected = generate(model, tokenizer, messages, seed=3, max_new_tokens=16, fast=preset)
             assert response.choices[0].message.content == expected.answers[0]
             assert response.usage.model_extra["dgemma"]["passes"] == expected.stats.passes[0]
+
+
+def test_bench_measures_a_preset_interleaved_with_exact():
+    from dgemma_mlx.bench import BenchSpec, run_bench
+    from dgemma_mlx.geometry import parse_precision
+
+    f32 = parse_precision("float32", "float32")
+    knobs = tuple(PRESETS["fast"].items())
+    spec = BenchSpec(geometry="tiny", precisions=(f32,), passes=2, repeats=1, fast=knobs, fast_label="fast")
+    report = run_bench(spec)
+    assert [row["sampler"] for row in report.rows] == ["exact", "fast"]
+    assert report.setup["fast"] == {"label": "fast", **PRESETS["fast"]}
+    bad = CliRunner().invoke(app, ["bench", "-g", "tiny", "--knobs", "max_tokens=3"])
+    assert bad.exit_code == 1 and "--knobs takes fast-decoding knobs" in bad.stderr
