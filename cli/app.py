@@ -38,7 +38,14 @@ from .options import (
     view_option,
     with_generation_flags,
 )
-from .pipeline import check_launched, check_pipeline_prompt, is_follower, load_stage, pipeline_option
+from .pipeline import (
+    check_launched,
+    check_pipeline_prompt,
+    is_follower,
+    load_stage,
+    peer_faults,
+    pipeline_option,
+)
 from .serve import serve_command
 from .sudoku import sudoku_command
 
@@ -96,7 +103,7 @@ def generate(
     flags: GenerationFlags,
 ) -> None:
     """Answer one prompt: the answer on stdout, the live view and stats on stderr."""
-    with user_errors():
+    with user_errors(), peer_faults(pipeline):
         if system and not chat_template:
             raise typer.BadParameter("--system needs the chat template (drop --raw)", param_hint="--system")
         if system is not None:
@@ -147,7 +154,7 @@ def chat(
     flags: GenerationFlags,
 ) -> None:
     """Multi-turn chat on one session cache: each turn encodes only its new tokens. /help inside."""
-    with user_errors():
+    with user_errors(), peer_faults(pipeline):
         if system is not None:
             check_utf8(system, "'--system'", "the system prompt")
         if load_file is not None:

@@ -6,16 +6,34 @@ others run their stage of every forward silently (dgemma_mlx/pipeline.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import typer
 
+BACKEND_PREFIXES = ("[ring]", "[jaccl]", "[mpi]", "[nccl]")  # how MLX's backends start their errors
 PIPELINE_HELP = (
     "Under mlx.launch: split the model by layers over the processes, each holding ~1/N of the weights "
     "(`dgemma info --pipeline N` shows each share)."
 )
+
+
+@contextlib.contextmanager
+def peer_faults(pipeline: bool) -> Iterator[None]:
+    """A rank that died mid-forward makes MLX's backend raise (`[ring] connection to a peer was lost`):
+    one line and exit status 3 (`distributed.EXIT_RANK_LOST`), as data-parallel batch ends, not a
+    traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not pipeline or not str(e).startswith(BACKEND_PREFIXES):
+            raise
+        from dgemma_mlx.distributed import exit_now
+
+        exit_now(f"another rank of the pipeline stopped ({str(e).splitlines()[0]})")
 
 
 def pipeline_option() -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from .options import EXIT_USER_ERROR, GenerationFlags, loading, resolve_model, say, stderr
+from .pipeline import BACKEND_PREFIXES
 
 
 def batch_pipelined(
@@ -56,6 +57,10 @@ def batch_pipelined(
                     progress.advance(row["generated_tokens"])
     except D.RankLost as e:
         D.exit_now(str(e))
+    except RuntimeError as e:  # a rank died mid-forward: MLX's backend raised
+        if not str(e).startswith(BACKEND_PREFIXES):
+            raise
+        D.exit_now(f"another rank of the pipeline stopped ({str(e).splitlines()[0]})")
     D.done_with_peers()
     if job.run is not None:
         say(stderr, f"{job.run.summary()} (one model over {ranks.size} ranks)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from .options import force_option, loading, model_option, resolve_model, say, stderr, user_errors
-from .pipeline import check_launched, follow_or_lead, is_follower, load_stage, pipeline_option
+from .pipeline import check_launched, follow_or_lead, is_follower, load_stage, peer_faults, pipeline_option
 
 API_KEY_ENV = "DGEMMA_API_KEY"
 
@@ -46,7 +46,7 @@ def serve_command(
     """Serve the model over an OpenAI-compatible HTTP API; concurrent requests share canvas batches.
 
     With --pipeline under mlx.launch, rank 0 serves HTTP and schedules; the other ranks follow."""
-    with user_errors():
+    with user_errors(), peer_faults(pipeline):
         chosen = resolve_model(model)
         if api_key is not None and not api_key.strip():
             raise typer.BadParameter("the API key is empty", param_hint="'--api-key'")
