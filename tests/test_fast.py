@@ -22,6 +22,9 @@ from dgemma_mlx.generation_config import GenerationConfig, parse_overrides
 from dgemma_mlx.sampler import accept_by_entropy
 from dgemma_mlx.server.protocol import ApiError, Limits, parse_chat
 
+PRESET = next(iter(PRESETS))  # a shipped preset
+KNOB, VALUE = next(iter(PRESETS[PRESET].items()))  # one of its knobs, and that knob set otherwise
+OTHER = {"max_passes": 3, "accept_confidence": 0.5, "commit_confidence": 0.5}.get(KNOB, 2)
 BASE = {"max_new_tokens": 16, "max_denoising_steps": 12, "eos_token_id": [1], "pad_token_id": 0}
 PROMPT = [5, 6, 7]
 
@@ -80,7 +83,7 @@ def test_presets_expand_to_every_knob_and_explicit_knobs_win():
         GenerationConfig().replace(**expanded)  # every shipped preset is valid
     assert expand({"fast": "fast", "self_conditioning_top_k": 2})["self_conditioning_top_k"] == 2
     assert expand({"fast": "none"}) == dict.fromkeys(FAST_FIELDS)  # /params fast=none: all off
-    assert parse_overrides("fast=faster steps=4")["max_denoising_steps"] == 4
+    assert parse_overrides(f"fast={PRESET} steps=4")["max_denoising_steps"] == 4
     with pytest.raises(DGemmaError, match="unknown fast preset"):
         parse_overrides("fast=warp")
 
@@ -178,42 +181,42 @@ def test_generate_chat_and_batch_take_presets_and_knobs(model_dir, tmp_path):
     runner = CliRunner()
     m = ["-m", str(model_dir), "--seed", "1", "--max-tokens", "16", "--view", "none"]
     out = {}
-    for label, extra in {"preset": ["--fast", "faster"], "knobs": ["--accept-confidence", "0.9"]}.items():
+    for label, extra in {"preset": ["--fast", PRESET], "knobs": ["--accept-confidence", "0.9"]}.items():
         result = runner.invoke(app, ["generate", "-p", "tell me a story", "--json", *m, *extra])
         assert result.exit_code == 0, result.output
         out[label] = json.loads(result.stdout)
     lib_model, tokenizer = load(model_dir)
-    expected = generate(lib_model, tokenizer, "tell me a story", seed=1, max_new_tokens=16, fast="faster")
+    expected = generate(lib_model, tokenizer, "tell me a story", seed=1, max_new_tokens=16, fast=PRESET)
     assert out["preset"]["tokens"] == expected.new_tokens[0]
 
     capped = runner.invoke(app, ["chat", *m, "--max-passes", "1"], input="/params\nhello\n")
     assert capped.exit_code == 0, capped.output
     assert "max_passes = 1" in capped.stderr
-    switched = runner.invoke(app, ["chat", *m], input="/params fast=faster\n")
-    assert f"accept_confidence = {PRESETS['faster'].get('accept_confidence')}" in switched.stderr
+    switched = runner.invoke(app, ["chat", *m], input=f"/params fast={PRESET}\n")
+    assert f"{KNOB} = {VALUE}" in switched.stderr
 
     src = tmp_path / "in.jsonl"
-    rows_in = [{"id": 1, "prompt": "hi", "fast": "faster"}, {"id": 2, "prompt": "hi"}]
+    rows_in = [{"id": 1, "prompt": "hi", "fast": PRESET}, {"id": 2, "prompt": "hi"}]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows_in))
     argv = ["batch", str(src), "-o", str(tmp_path / "o.jsonl"), *m[:-2], "--max-passes", "1"]
     result = runner.invoke(app, argv)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == [1, 2]
-    cap = {1: PRESETS["faster"].get("max_passes") or 1, 2: 1}  # a row's preset wins over the flag
+    cap = {1: PRESETS[PRESET].get("max_passes") or 1, 2: 1}  # a row's preset wins over the flag
     assert all(1 <= r["passes"] <= 2 * cap[r["id"]] for r in rows)  # at most two canvases of `cap` passes
 
 
 def test_server_request_bodies_take_presets_and_knobs(loaded):
     _, tokenizer = loaded
     base = GenerationConfig()
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "fast": "faster"}
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "fast": PRESET}
     parsed = parse_chat(body, "tiny", tokenizer, base, Limits())
-    assert all(getattr(parsed.config, k) == PRESETS["faster"].get(k) for k in FAST_FIELDS)
-    parsed = parse_chat({**body, "accept_confidence": 0.5}, "tiny", tokenizer, base, Limits())
-    assert parsed.config.accept_confidence == 0.5  # explicit wins over the preset
+    assert all(getattr(parsed.config, k) == PRESETS[PRESET].get(k) for k in FAST_FIELDS)
+    parsed = parse_chat({**body, KNOB: OTHER}, "tiny", tokenizer, base, Limits())
+    assert getattr(parsed.config, KNOB) == OTHER  # explicit wins over the preset
     parsed = parse_chat({**body, "fast": None, "max_passes": 3}, "tiny", tokenizer, base, Limits())
-    assert parsed.config.max_passes == 3 and parsed.config.accept_confidence is None
+    assert parsed.config.max_passes == 3 and getattr(parsed.config, KNOB) is None
     for bad, param in (({"fast": "warp"}, "fast"), ({"max_passes": 0}, "max_passes")):
         with pytest.raises(ApiError) as e:
             parse_chat({**body, **bad}, "tiny", tokenizer, base, Limits())
