@@ -17,7 +17,6 @@ from mlx_lm.models.rope_utils import initialize_rope
 
 from .cache import LayerCache, PromptCache, ReadOnlyLayerCache
 from .config import FULL, SLIDING, ModelConfig, TextConfig
-from .dequant import DenseOnCPUEmbedding
 from .layout import to_tree
 
 # What a layer attends with: the encoder's writable cache or the decoder's read-only view (the mode).
@@ -285,11 +284,9 @@ class Model(nn.Module):
         cache.offset = n + S
 
     def soft_embed(self, probs: mx.array) -> mx.array:
-        """probs @ E, straight from the quantized table when the embedding is quantized (dequantized by
-        chunks first on the CPU, dequant.py; docs/ARCHITECTURE.md, "Self-conditioning")."""
+        """probs @ E, straight from the quantized table when the embedding is quantized
+        (docs/ARCHITECTURE.md, "Self-conditioning")."""
         emb = self.model.decoder.embed_tokens
-        if isinstance(emb, DenseOnCPUEmbedding):
-            return emb.mix(probs)
         if isinstance(emb, nn.QuantizedEmbedding):
             return mx.quantized_matmul(
                 probs,

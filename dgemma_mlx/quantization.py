@@ -15,7 +15,6 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .dequant import adopt
 from .errors import DGemmaError
 from .layout import tree_block
 from .quant_choices import MODE_FIXED, MODES, RECIPES
@@ -81,7 +80,6 @@ def quantize_model(
         return decision
 
     nn.quantize(model, class_predicate=recording)
-    adopt(model)  # many-row products dequantize first on the CPU (dequant.py)
     return block
 
 
@@ -161,4 +159,3 @@ def apply_quantization_map(
         decisions[path] = params
 
     nn.quantize(model, class_predicate=lambda path, module: dict(decisions.get(path, {})) or False)
-    adopt(model)  # many-row products dequantize first on the CPU (dequant.py)

@@ -22,7 +22,6 @@ from test_loading import first_logits, single_line_error
 from tiny_models import TINY_GEOMETRY, random_model, write_word_tokenizer
 
 from dgemma_mlx import load
-from dgemma_mlx.dequant import adopt
 from dgemma_mlx.layout import public_module, public_name
 from dgemma_mlx.loading import load_model
 from dgemma_mlx.quantization import weight_class
@@ -59,7 +58,6 @@ def quantized_model(experts: dict, others: dict | None) -> tuple[nn.Module, dict
         return dict(others)
 
     nn.quantize(model, class_predicate=predicate)
-    adopt(model)  # the products a loaded model runs (dgemma_mlx/dequant.py), so logits compare exactly
     mx.eval(model.parameters())
     return model, block
 
