@@ -77,9 +77,7 @@ def bench_command(
         show_default=False,
     ),
     bits: int | None = typer.Option(None, "--bits", help="Same as --precision NBITbit, e.g. --bits 4."),
-    recipe: str = typer.Option(
-        DEFAULT_RECIPE, "--recipe", help=f"Quantization recipe: {', '.join(RECIPES)}."
-    ),
+    recipe: str = typer.Option(DEFAULT_RECIPE, "--recipe", help=f"Recipe: {', '.join(RECIPES)}."),
     group_size: int = typer.Option(64, "--group-size", help="Weights sharing one scale (affine modes)."),
     dtype: str | None = typer.Option(
         None,
@@ -115,9 +113,7 @@ def bench_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (keys below)."),
     force: bool = force_option(),
-    pipeline: bool = typer.Option(
-        False, "--pipeline", help="Under mlx.launch: a pass split over the ranks against one process."
-    ),
+    pipeline: bool = typer.Option(False, "--pipeline", help="Under mlx.launch: a pass split over the ranks."),
 ) -> None:
     """Benchmark DiffusionGemma here (the full help is HELP, set below)."""
     with user_errors():
