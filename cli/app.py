@@ -225,21 +225,20 @@ def batch(
     """
     with user_errors():
         if pipeline:
-            from .pipeline_batch import batch_pipelined
-
             check_launched(pipeline)
-            settings = {"batch_size": batch_size, "chat_template": chat_template, "system": system}
-            args = (input_name, output, input_format.value, resume, errors)
-            return batch_pipelined(args, model, settings, flags, force)
-        from dgemma_mlx.distributed import init, launched
+            from dgemma_mlx.pipeline import pipeline_ranks
 
-        ranks = init() if launched() else None
-        if ranks is not None and ranks.distributed:
+            ranks = pipeline_ranks()
+        else:
+            from dgemma_mlx.distributed import init, launched
+
+            ranks = init() if launched() else None
+        if ranks is not None and (pipeline or ranks.distributed):
             from .distributed_batch import batch_across_ranks
 
             settings = {"batch_size": batch_size, "chat_template": chat_template, "system": system}
             args = (input_name, output, input_format.value, resume, errors)
-            return batch_across_ranks(ranks, args, model, settings, flags, force, rank_timeout)
+            return batch_across_ranks(ranks, args, model, settings, flags, force, rank_timeout, pipeline)
         from dgemma_mlx.batch import BatchRun  # reads and checks the files; no model stack yet
 
         from .view import BatchProgress
