@@ -39,24 +39,14 @@ from ..cache import PromptCache
 from ..engine import Generation, finalize_canvas, start_canvas
 from ..engine import denoise_pass as engine_denoise_pass
 from ..errors import DGemmaError
-from ..fast_presets import FAST_FIELDS
 from ..generation_config import GenerationConfig
 from ..model import Model
 from ..noise import MLXNoise, RowStream
 from .frames import FramedModel, stack_caches, take_rows
 from .prefix_cache import PrefixCache
+from .protocol import DIFFUSION_FIELDS
 
-SETTINGS = (
-    "max_denoising_steps",
-    "entropy_bound",
-    "t_min",
-    "t_max",
-    "stability_threshold",
-    "confidence_threshold",
-    "eos_token_id",
-    "pad_token_id",
-    *FAST_FIELDS,
-)
+SETTINGS = (*DIFFUSION_FIELDS, "eos_token_id", "pad_token_id")  # the sampler's settings and the stop ids
 
 
 def settings_key(config: GenerationConfig) -> tuple:
