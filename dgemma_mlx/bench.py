@@ -200,12 +200,12 @@ def forward_times(model: Model, prompt: list[int], result: GenerationResult, see
         if k > 0:
             encode(model, mx.array(result.sequences[:, P + (k - 1) * L : P + k * L]), cache)
         logits = model.decode(canvas, cache)
-        probs, ids = fast.self_conditioning(model, result.config, logits, mx.softmax(logits, axis=-1))
-        mx.eval(probs, *([] if ids is None else [ids]))
+        probs = fast.self_conditioning(model, result.config, logits, mx.softmax(logits, axis=-1))
+        mx.eval(probs)
         runs: list[float] = []
         while not runs or (len(runs) < FORWARD_RUNS and sum(runs) < FORWARD_BUDGET_S):
             start = time.perf_counter()
-            mx.eval(fast.decode(model, canvas, cache, probs, ids))
+            mx.eval(model.decode(canvas, cache, self_conditioning_probs=probs))
             runs.append(time.perf_counter() - start)
         times.append(statistics.median(runs))
     return times

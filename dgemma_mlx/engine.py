@@ -33,7 +33,7 @@ from .events import (
     RowResult,
 )
 from .generation_config import GenerationConfig
-from .model import Model
+from .model import Model, TopKProbs
 from .noise import NoiseSource
 from .sampler import StopRule, accept_by_entropy, temperature, tempered_scores
 
@@ -216,8 +216,8 @@ class Canvas:
     draft: mx.array  # [B, L] argmax of the last pass (what a commit takes)
     pins: Pins | None
     stop_rule: StopRule | None
-    self_conditioning: mx.array | None = None  # last pass's softmax(z): the next pass's soft-embedding mix
-    self_conditioning_ids: mx.array | None = None  # with self_conditioning_top_k: those k ids (fast.py)
+    # last pass's softmax(z): the next pass's soft-embedding mix (its top k with self_conditioning_top_k)
+    self_conditioning: mx.array | TopKProbs | None = None
     frozen: mx.array | None = None  # [B, L] bool, with commit_confidence: positions committed early (fast.py)
     streak: mx.array | None = None  # [B, L] int32, with commit_confidence: passes each draft repeated
     done: mx.array = field(init=False)  # [B] bool on device: the row stopped denoising this canvas
@@ -313,8 +313,7 @@ def denoise_pass(
     canvas.passes += 1
     live = ~(canvas.done_np | generation.finished)
     generation.passes += live
-    sc, sc_ids = canvas.self_conditioning, canvas.self_conditioning_ids
-    raw = fast.decode(model, canvas.x, generation.cache, sc, sc_ids)
+    raw = model.decode(canvas.x, generation.cache, self_conditioning_probs=canvas.self_conditioning)
     temp = 1.0
     if config.uses_temperature:
         temp = temperature(step, config.max_denoising_steps, config.t_min, config.t_max)  # type: ignore[arg-type]
@@ -337,8 +336,7 @@ def denoise_pass(
             x = mx.where(done[:, None], canvas.x, x)
         done = done | canvas.stop_rule(draft, ent)
     done = fast.update(config, canvas, draft, confidence, done)
-    sc = fast.self_conditioning(model, config, scores.z, scores.probs)
-    canvas.self_conditioning, canvas.self_conditioning_ids = sc
+    canvas.self_conditioning = fast.self_conditioning(model, config, scores.z, scores.probs)
     mx.eval(x, draft, done, accepted, ent, confidence)
     if canvas.passes == 1:
         finite_logits(raw)

@@ -24,55 +24,21 @@ from typing import Any
 import mlx.core as mx
 
 from .generation_config import GenerationConfig
+from .model import TopKProbs
 
 
 # -- self-conditioning ------------------------------------------------------------------------------------
-def self_conditioning(model: Any, config: GenerationConfig, z: mx.array, probs: mx.array):
-    """The next pass's self-conditioning input: (dense probabilities, None) as the reference, or with
-    `self_conditioning_top_k` below the vocabulary (top-k probabilities [B, L, k], their ids)."""
+def self_conditioning(
+    model: Any, config: GenerationConfig, z: mx.array, probs: mx.array
+) -> mx.array | TopKProbs:
+    """The next pass's self-conditioning input: the dense probabilities, as the reference, or with
+    `self_conditioning_top_k` below the vocabulary their top k (`Model.soft_embed` mixes k rows)."""
     dense = model.self_conditioning_probs(z, probs)
     k = config.self_conditioning_top_k
     if k is None or k >= dense.shape[-1]:
-        return dense, None
+        return dense
     ids = mx.argpartition(-dense, kth=k - 1, axis=-1)[..., :k]
-    return mx.take_along_axis(dense, ids, axis=-1), ids.astype(mx.int32)
-
-
-def _owner(model: Any) -> Any:
-    """The `Model` under wrappers (the server's `FramedModel` keeps it as `.model`)."""
-    while "soft_embed" not in dir(type(model)):
-        model = model.model
-    return model
-
-
-def decode(
-    model: Any, canvas: mx.array, cache: Any, probs: mx.array | None, ids: mx.array | None
-) -> mx.array:
-    """`model.decode` with the previous pass's self-conditioning, dense or top-k.
-
-    For top-k the model's `soft_embed` (probs @ E) is answered, for this call only, by the weighted sum
-    of the k embedding rows (the embedding module's own lookup, quantized tables included). If
-    `Model.decode` stops asking `soft_embed`, the call fails loudly instead of self-conditioning wrongly.
-    """
-    if ids is None:
-        return model.decode(canvas, cache, self_conditioning_probs=probs)
-    owner = _owner(model)
-    table = owner.model.decoder.embed_tokens
-    asked: list[bool] = []
-
-    def sparse_soft_embed(values: mx.array) -> mx.array:
-        asked.append(True)
-        rows = table(ids).astype(values.dtype)  # [B, L, k, D]
-        return (values[..., None] * rows).sum(axis=-2)
-
-    vars(owner)["soft_embed"] = sparse_soft_embed
-    try:
-        logits = model.decode(canvas, cache, self_conditioning_probs=probs)
-    finally:
-        vars(owner).pop("soft_embed", None)
-    if not asked:
-        raise RuntimeError("Model.decode no longer calls soft_embed: fast.decode needs updating")
-    return logits
+    return TopKProbs(mx.take_along_axis(dense, ids, axis=-1), ids.astype(mx.int32))
 
 
 # -- acceptance and early commit ---------------------------------------------------------------------------

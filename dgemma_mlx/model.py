@@ -9,6 +9,8 @@ where the maths is identical: dense MLP, expert SwitchGLU, proportional RoPE, so
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import gemma4_text
@@ -22,6 +24,18 @@ from .layout import to_tree
 # What a layer attends with: the encoder's writable cache or the decoder's read-only view (the mode).
 AttentionCache = LayerCache | ReadOnlyLayerCache
 Mask = mx.array | str | None  # "causal", a boolean array, or None (the decoder: no mask)
+
+
+class TopKProbs(NamedTuple):
+    """Self-conditioning from each position's k most probable tokens only (opt-in fast decoding,
+    fast.py): the mix is a gather of k embedding rows instead of an [L, V] x [V, D] product. The
+    probabilities are not renormalised: it is the dense mix with every other probability zeroed."""
+
+    values: mx.array  # [B, L, k] probabilities
+    ids: mx.array  # [B, L, k] int32 token ids
+
+    def astype(self, dtype: mx.Dtype) -> TopKProbs:
+        return TopKProbs(self.values.astype(dtype), self.ids)
 
 
 def _mlx_lm_args(text: TextConfig) -> gemma4_text.ModelArgs:
@@ -283,10 +297,13 @@ class Model(nn.Module):
             h = layer(h, cache.layers[i], n, masks[self.text.layer_types[i]], scalars[i].layer_scalar)
         cache.offset = n + S
 
-    def soft_embed(self, probs: mx.array) -> mx.array:
+    def soft_embed(self, probs: mx.array | TopKProbs) -> mx.array:
         """probs @ E, straight from the quantized table when the embedding is quantized
-        (docs/ARCHITECTURE.md, "Self-conditioning")."""
+        (docs/ARCHITECTURE.md, "Self-conditioning"); for `TopKProbs` the weighted sum of k rows."""
         emb = self.model.decoder.embed_tokens
+        if isinstance(probs, TopKProbs):
+            rows = emb(probs.ids).astype(probs.values.dtype)  # [B, L, k, D], quantized tables included
+            return (probs.values[..., None] * rows).sum(axis=-2)
         if isinstance(emb, nn.QuantizedEmbedding):
             return mx.quantized_matmul(
                 probs,
@@ -318,14 +335,14 @@ class Model(nn.Module):
         cache: PromptCache,
         self_conditioning_logits: mx.array | None = None,
         *,
-        self_conditioning_probs: mx.array | None = None,
+        self_conditioning_probs: mx.array | TopKProbs | None = None,
     ) -> mx.array:
         """One bidirectional pass over the canvas at positions [n, n+L); float32 soft-capped logits.
 
         Self-conditioning enters as a probability-weighted mix of embeddings: give either the previous
         pass's temperature-scaled logits cast to the model dtype (`self_conditioning_logits`, the
         reference's interface) or the probabilities themselves (`self_conditioning_probs`, from
-        `self_conditioning_probs()`, which is what the engine does).
+        `self_conditioning_probs()`, which is what the engine does, or their top k as `TopKProbs`).
         """
         decoder = self.model.decoder
         B, L = canvas.shape

@@ -30,7 +30,7 @@ from .cache import PromptCache
 from .config import FULL, SLIDING
 from .distributed import Ranks, init
 from .errors import DGemmaError
-from .model import Model, rms_norm_no_scale
+from .model import Model, TopKProbs, rms_norm_no_scale
 from .pipeline_plan import LONE_PROCESS, layer_split
 
 
@@ -115,7 +115,7 @@ class PipelineModel:
         cache: Any,
         self_conditioning_logits: mx.array | None = None,
         *,
-        self_conditioning_probs: mx.array | None = None,
+        self_conditioning_probs: mx.array | TopKProbs | None = None,
     ) -> mx.array:
         """Model.decode over this rank's layers; every rank returns the same float32 logits."""
         B, L = canvas.shape
@@ -126,10 +126,6 @@ class PipelineModel:
             x = self.decoder_input(canvas, probs)
         else:
             x = self._receive((B, L, self.model.text.hidden_size))
-            if self_conditioning_probs is not None:
-                # Rank 0's input only. Built, never evaluated (no cost), so a caller that answers
-                # soft_embed for one call (fast.decode's top-k mix) sees it asked on every rank.
-                self.model.soft_embed(self_conditioning_probs)
         return self.head(self._final_states(self.decoder_layers(x, cache)))
 
     # -- the pieces of a decoder pass (also timed alone by `dgemma bench --pipeline`) -------------------

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from dgemma_mlx import PassEvent, generate, load, stream_generate
 from dgemma_mlx.cli.app import app
 from dgemma_mlx.errors import DGemmaError
-from dgemma_mlx.fast import decode as fast_decode
 from dgemma_mlx.fast import self_conditioning
 from dgemma_mlx.fast_presets import FAST_FIELDS, PRESETS, expand
 from dgemma_mlx.generation_config import GenerationConfig, parse_overrides
@@ -156,16 +155,33 @@ def test_top_k_self_conditioning_is_the_dense_mix_of_the_top_k(model):
     z = model.decode(canvas, cache)
     probs = mx.softmax(z, axis=-1)
     config = GenerationConfig().replace(self_conditioning_top_k=4)
-    values, ids = self_conditioning(model, config, z, probs)
+    top = self_conditioning(model, config, z, probs)
+    values, ids = top.values, top.ids
     assert values.shape == (1, 8, 4) and ids.shape == (1, 8, 4)
     mask = mx.zeros(probs.shape).astype(mx.bool_)
     mask = mx.put_along_axis(mask, ids, mx.array(True), axis=-1)
-    sparse = fast_decode(model, canvas, cache, values, ids)
+    sparse = model.decode(canvas, cache, self_conditioning_probs=top)
     dense_top = model.decode(canvas, cache, self_conditioning_probs=mx.where(mask, probs, 0.0))
     dense_all = model.decode(canvas, cache, self_conditioning_probs=probs)
     assert mx.allclose(sparse, dense_top, atol=1e-4).item()
     assert not mx.allclose(sparse, dense_all, atol=1e-4).item()  # k < V really drops mass
-    assert "soft_embed" not in vars(model)  # the override lasted the call only
+
+
+def test_a_server_batch_that_drops_a_row_keeps_the_other_rows_top_k_input(model):
+    """The scheduler parks stopped rows by selecting rows of the engine state: the top-k input too."""
+    from types import SimpleNamespace
+
+    from dgemma_mlx.model import TopKProbs
+    from dgemma_mlx.server.scheduler import _select_rows
+
+    values = mx.arange(3 * 8 * 2, dtype=mx.float32).reshape(3, 8, 2)
+    ids = mx.arange(3 * 8 * 2, dtype=mx.int32).reshape(3, 8, 2) + 100
+    state = SimpleNamespace(self_conditioning=TopKProbs(values, ids))
+    _select_rows(state, [0, 2], 3)
+    kept = state.self_conditioning
+    assert isinstance(kept, TopKProbs)
+    assert kept.values.tolist() == values[mx.array([0, 2])].tolist()
+    assert kept.ids.tolist() == ids[mx.array([0, 2])].tolist()
 
 
 # -- every door -------------------------------------------------------------------------------------------

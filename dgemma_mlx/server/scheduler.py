@@ -40,7 +40,7 @@ from ..engine import Generation, finalize_canvas, start_canvas
 from ..engine import denoise_pass as engine_denoise_pass
 from ..errors import DGemmaError
 from ..generation_config import GenerationConfig
-from ..model import Model
+from ..model import Model, TopKProbs
 from ..noise import MLXNoise, RowStream
 from .frames import FramedModel, stack_caches, take_rows
 from .prefix_cache import PrefixCache
@@ -183,10 +183,12 @@ class Batch:
 
 def _select_rows(obj: Any, keep: list[int], batch: int) -> None:
     """Keep only rows `keep` in every per-row field of an engine state object (Canvas, Generation,
-    StopRule): arrays and lists whose first dimension is the batch."""
+    StopRule): arrays, lists and `TopKProbs` whose first dimension is the batch."""
     index = mx.array(keep, dtype=mx.int32)
     for name, value in list(vars(obj).items()):
-        if isinstance(value, mx.array) and value.ndim and value.shape[0] == batch:
+        if isinstance(value, TopKProbs):
+            setattr(obj, name, TopKProbs(value.values[index], value.ids[index]))
+        elif isinstance(value, mx.array) and value.ndim and value.shape[0] == batch:
             setattr(obj, name, value[index])
         elif isinstance(value, np.ndarray) and value.ndim and value.shape[0] == batch:
             setattr(obj, name, value[keep])
