@@ -33,6 +33,7 @@ from dgemma_mlx.geometry import (
 )
 from dgemma_mlx.quant_choices import BITS, DEFAULT_RECIPE, GROUP_SIZES, RECIPES
 
+from .bench_ranks import bench_across_ranks, data_parallel
 from .options import force_option, resolve_model, say, stderr, stdout, user_errors
 
 if TYPE_CHECKING:
@@ -114,14 +115,13 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout (keys below)."),
     force: bool = force_option(),
     pipeline: bool = typer.Option(False, "--pipeline", help="Under mlx.launch: a pass split over the ranks."),
+    rows: int | None = typer.Option(None, "--rows", help="Data-parallel run: prompts \\[default: 16]."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Data-parallel: rows per batch."),
 ) -> None:
     """Benchmark DiffusionGemma here (the full help is HELP, set below)."""
     with user_errors():
-        if pipeline:
-            from .pipeline_bench import bench_pipelined, check_pipeline_options
-
-            check_pipeline_options(locals())
-            return bench_pipelined(_spec(locals()), as_json, stdout)
+        if pipeline or data_parallel(locals()):
+            return bench_across_ranks(locals(), _spec, stdout)
         spec = _spec(locals())
         with Progress(stderr, spec.steps()) as progress:
             from dgemma_mlx.bench import run_bench
