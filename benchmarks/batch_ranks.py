@@ -7,6 +7,10 @@ twice one Mac's rows/s, less that share and the tail where one rank has no batch
 
     python benchmarks/batch_ranks.py [--model DIR] [--prompts 48] [--batch-size 4]
 
+`dgemma bench --rows N` (alone, and under `mlx.launch -n 2`) measures the same rows/s, per rank, and
+exchange share on random weights at any geometry, without files (dgemma_mlx/bench_ranks.py); this
+script adds a real `dgemma batch` job and checks its rows equal one process's.
+
 Rates are from the progress line (after the model load) and the rows' generated tokens; wall times
 include start-up. Prints figures, asserts nothing.
 """

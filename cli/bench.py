@@ -141,6 +141,13 @@ HELP = (
     "then --repeats timed runs; a progress bar runs on stderr. Random weights never converge: passes per "
     "canvas and tokens per forward mean something only on a checkpoint.",
     JSON_KEYS_HELP,
+    "Under mlx.launch without --pipeline (or alone with --rows): data-parallel generation, as `dgemma "
+    "batch` deals it: --rows seeded prompts in batches of --batch-size dealt over the ranks, one warm-up, "
+    "then rows/s overall and per rank and each rank's exchange share (one precision, prompt length and "
+    "canvas count; --repeats does not apply). --json: setup {mode, geometry, precision, layers, "
+    "canvas_length, max_denoising_steps, ranks, prompts, batch_size, device, seed} and rows [{prompt_tokens, "
+    "canvases, rows, wall_s, rows_per_s, tok_s, exchange_share, ranks [{rank, rows, rows_per_s, tok_s, "
+    "busy_s, exchange_share}]}].",
 )
 bench_command.__doc__ = "\n\n".join(HELP)
 
