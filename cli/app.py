@@ -300,4 +300,10 @@ app.command("serve")(serve_command)
 
 
 def main() -> None:
-    app(prog_name="dgemma")
+    try:
+        app(prog_name="dgemma")
+    except SystemExit as done:  # Typer always ends this way
+        from dgemma_mlx.distributed import leave_group  # standard library only
+
+        leave_group(done.code)  # under mlx.launch: exit without the backend's teardown
+        raise

@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 from typer.testing import CliRunner
 
 from dgemma_mlx import generate
+from dgemma_mlx.distributed import leave_group
 from dgemma_mlx.pipeline import load_pipeline, pipeline_ranks
 from dgemma_mlx.pipeline_session import SharedSession, follow
 from dgemma_mlx.session import ChatSession
@@ -127,6 +128,7 @@ def main(model_dir: str, work: str) -> None:
         "served": served,
     }
     print(json.dumps(report), flush=True)
+    leave_group(0)  # as the dgemma command does under mlx.launch: no backend teardown at exit
 
 
 if __name__ == "__main__":
