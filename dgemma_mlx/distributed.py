@@ -149,12 +149,6 @@ def leave_group(code: Any = 0) -> None:
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
-def say_root(ranks: Ranks, line: str, file: Any = None) -> None:
-    """A line from rank 0 only: the job speaks once, not once per rank."""
-    if ranks.is_root:
-        print(line, file=file or sys.stderr, flush=True)
-
-
 # -- stopping ----------------------------------------------------------------------------------------
 _stop_lock = threading.Lock()
 
