@@ -344,17 +344,12 @@ class Model(nn.Module):
         reference's interface) or the probabilities themselves (`self_conditioning_probs`, from
         `self_conditioning_probs()`, which is what the engine does, or their top k as `TopKProbs`).
         """
-        decoder = self.model.decoder
         B, L = canvas.shape
         n = cache.offset
-        x = self.embed(canvas)
         probs = self_conditioning_probs
         if probs is None and self_conditioning_logits is not None:
             probs = mx.softmax(self_conditioning_logits.astype(mx.float32), axis=-1)
-        if probs is None:
-            x = rms_norm_no_scale(x, self.text.rms_norm_eps)
-        else:
-            x = decoder.self_conditioning(x, self.soft_embed(probs.astype(x.dtype)) * self.embed_scale)
+        x = self.decoder_input(canvas, probs)
         masks = {}
         for i, layer in enumerate(self.layers):
             t = self.text.layer_types[i]
@@ -362,6 +357,19 @@ class Model(nn.Module):
                 cached = cache.layers[i].length
                 masks[t] = self._decoder_mask(L, cached, n - cached, cache)
             x = layer(x, cache.layers[i].read_only(), n, masks[t], layer.layer_scalar)
+        return self.head(x)
+
+    def decoder_input(self, canvas: mx.array, probs: mx.array | TopKProbs | None) -> mx.array:
+        """The canvas embedded, with the previous pass's self-conditioning when there is one."""
+        x = self.embed(canvas)
+        if probs is None:
+            return rms_norm_no_scale(x, self.text.rms_norm_eps)
+        soft = self.soft_embed(probs.astype(x.dtype)) * self.embed_scale
+        return self.model.decoder.self_conditioning(x, soft)
+
+    def head(self, x: mx.array) -> mx.array:
+        """Final norm, the tied head, the soft-cap: float32 logits."""
+        decoder = self.model.decoder
         logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
         cap = self.text.final_logit_softcapping
         return gemma4_text.logit_softcap(cap, logits) if cap else logits

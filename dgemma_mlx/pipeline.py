@@ -24,13 +24,12 @@ from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
-from mlx_lm.models import gemma4_text
 
 from .cache import PromptCache
 from .config import FULL, SLIDING
 from .distributed import Ranks, init
 from .errors import DGemmaError
-from .model import Model, TopKProbs, rms_norm_no_scale
+from .model import Model, TopKProbs
 from .pipeline_plan import LONE_PROCESS, layer_split
 
 
@@ -129,14 +128,9 @@ class PipelineModel:
         return self.head(self._final_states(self.decoder_layers(x, cache)))
 
     # -- the pieces of a decoder pass (also timed alone by `dgemma bench --pipeline`) -------------------
-    def decoder_input(self, canvas: mx.array, probs: mx.array | None) -> mx.array:
-        """Rank 0: the canvas embedded, with the previous pass's self-conditioning."""
-        model = self.model
-        x = model.embed(canvas)
-        if probs is None:
-            return rms_norm_no_scale(x, model.text.rms_norm_eps)
-        soft = model.soft_embed(probs.astype(x.dtype)) * model.embed_scale
-        return model.model.decoder.self_conditioning(x, soft)
+    def decoder_input(self, canvas: mx.array, probs: mx.array | TopKProbs | None) -> mx.array:
+        """Rank 0: the canvas embedded, with the previous pass's self-conditioning (Model's own)."""
+        return self.model.decoder_input(canvas, probs)
 
     def decoder_layers(self, x: mx.array, cache: Any) -> mx.array:
         """This rank's layers, bidirectional over the cache (read only)."""
@@ -153,11 +147,8 @@ class PipelineModel:
         return x
 
     def head(self, x: mx.array) -> mx.array:
-        """Final norm, the tied head, the soft-cap: float32 logits (run on every rank)."""
-        decoder = self.model.model.decoder
-        logits = decoder.embed_tokens.as_linear(decoder.norm(x)).astype(mx.float32)
-        cap = self.model.text.final_logit_softcapping
-        return gemma4_text.logit_softcap(cap, logits) if cap else logits
+        """Final norm, the tied head, the soft-cap: float32 logits (Model's own; run on every rank)."""
+        return self.model.head(x)
 
     def _decoder_mask(self, *args: Any) -> Any:
         # Looked up on the instance first, so server.frames.FramedModel's per-call override applies.
