@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -44,13 +45,10 @@ def single_process(tmp_path: Path, args: list[str]) -> list[str]:
 
 
 def rank_exit_codes(output: str) -> dict[int, str]:
-    """mlx.launch 0.32 exits 0 whatever its ranks do; it reports each failed rank in a line."""
-    codes = {}
-    for line in output.splitlines():
-        if "Node with rank" in line:
-            words = line.split("Node with rank ", 1)[1].split()
-            codes[int(words[0])] = " ".join(words[1:]).replace("\x1b[0m", "").strip()
-    return codes
+    """mlx.launch 0.32 exits 0 whatever its ranks do; it reports each failed rank in a warning, and two
+    ranks ending together can share a line (its monitor threads write unsynchronised)."""
+    found = re.findall(r"Node with rank (\d+) (exited with code -?\d+|was killed[^\n\x1b]*)", output)
+    return {int(rank): status.strip() for rank, status in found}
 
 
 def rank_pid(session: int, rank: int) -> int | None:
